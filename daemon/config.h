@@ -1,0 +1,109 @@
+/*
+ * Configuration: one table of typed keys (type, default, bounds, reloadable, help) and a
+ * parser for the "key value" file format with '#' comments, "quoted values", ${ENV}
+ * substitution and "include <glob>" (relative to the including file). The last value read
+ * wins. librdkafka properties pass through unchanged as kafka.consumer.<property> and
+ * kafka.producer.<property>; librdkafka itself validates them (see kafka_check_config).
+ *
+ * Errors are collected, not printed: each is one line "file:line: key: what is wrong".
+ * The module never logs; the caller decides.
+ */
+#ifndef PD_CONFIG_H
+#define PD_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* Where a value came from, for error messages found after parsing. */
+typedef struct {
+    const char *file; /* interned; "default" or "command line" when not from a file */
+    int line;
+} ConfigOrigin;
+
+/* One librdkafka property to pass through. */
+typedef struct {
+    char *name; /* the librdkafka property, without the kafka.consumer./producer. prefix */
+    char *value;
+    ConfigOrigin origin;
+} ConfigProp;
+
+typedef struct {
+    ConfigProp *items;
+    size_t len, cap;
+} ConfigProps;
+
+typedef struct Config {
+    /* kafka */
+    char *kafka_brokers; /* "embedded" starts the in-process mock cluster */
+    char *kafka_group_id;
+    char *topic_prompts;
+    char *topic_decisions;
+    char *topic_dead_letters;
+    int64_t batch_size;    /* messages per poll */
+    int64_t batch_wait_ms; /* how long a poll waits for its first message */
+    int64_t max_inflight;  /* produced but unacknowledged messages before pausing */
+    int64_t embedded_brokers;
+    int64_t embedded_partitions;
+    char *embedded_bootstrap_file; /* "" = do not write one */
+    ConfigProps consumer_props;
+    ConfigProps producer_props;
+
+    /* messages */
+    int64_t prompt_max_bytes;
+    int64_t dead_letter_max_payload;
+
+    /* process */
+    int64_t log_level;
+    char *log_debug;
+    int64_t log_ratelimit_burst;
+    int64_t log_ratelimit_interval_ms;
+    int64_t shutdown_timeout_ms;
+
+    /* bookkeeping: origin of each table key (indexed like the table) and interned names */
+    ConfigOrigin *origins;
+    char **interned;
+    size_t interned_len;
+} Config;
+
+/* Collected errors; text holds one "file:line: key: message" per line. */
+typedef struct {
+    char text[8192];
+    size_t len;
+    int count;
+} ConfigErrors;
+
+/* Fills c with the defaults. Call config_free when done. */
+void config_init(Config *c);
+void config_free(Config *c);
+
+/* Reads path (and its includes) into c. Returns the number of errors (0 = good). */
+int config_load(Config *c, const char *path, ConfigErrors *errs);
+
+/* Sets one key from text, as a file line would; origin names where it came from. Returns 0
+ * or -1 with the error appended to errs. */
+int config_set(Config *c, const char *key, const char *value, ConfigOrigin origin,
+               ConfigErrors *errs);
+
+/* Appends "file:line: key: message" to errs. */
+void config_error(ConfigErrors *errs, ConfigOrigin origin, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Where key got its value. */
+ConfigOrigin config_origin(const Config *c, const char *key);
+
+/* Applies to live the reloadable keys that differ in fresh. For each changed key that
+ * needs a restart, calls note(ctx, key) so the caller can warn. Returns keys applied. */
+int config_apply_reload(Config *live, const Config *fresh, void (*note)(void *, const char *),
+                        void *ctx);
+
+/* Prints every key with its effective value, "key value" lines that config_load reads. */
+void config_dump(const Config *c, FILE *out);
+
+/* Prints the reference of every key: type, default, bounds, reloadable, help. */
+void config_describe(FILE *out);
+
+/* Iterates the table's key names (NULL after the last), for tests and documentation. */
+const char *config_key_name(size_t index);
+
+#endif

@@ -1,0 +1,579 @@
+/*
+ * Consumer, producer, delivery reports and commit points. See kafka.h for the guarantees.
+ */
+#include "kafka.h"
+
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "offsets.h"
+#include "pd.h"
+#include "stats.h"
+
+/* Properties promptd sets itself: a passthrough of them would break a guarantee or
+ * duplicate a promptd key, so --check refuses them with the reason. */
+static const struct {
+    const char *name;
+    const char *why;
+} reserved_props[] = {
+    {"enable.auto.offset.store",
+     "promptd stores each offset itself once its decision is acknowledged (at-least-once)"},
+    {"bootstrap.servers", "set kafka.brokers instead"},
+    {"metadata.broker.list", "set kafka.brokers instead"},
+    {"group.id", "set kafka.group.id instead"},
+    {"enable.idempotence", "promptd needs the idempotent producer for ordered, unduplicated "
+                           "retries"},
+    {"acks", "decisions are written with acks=all so that an acknowledged one is durable"},
+    {"log.queue", "promptd routes librdkafka's log lines through its own logger"},
+};
+
+/* One produced message, from produce to delivery report. */
+typedef struct {
+    OffsetToken *tok;
+    KafkaOutput output;
+    MsgReason reason;
+    int32_t in_partition; /* the input it answers, for the promptd-source header */
+    int64_t in_offset;
+} Delivery;
+
+/* A delivery that failed after librdkafka's own retries; re-sent by kafka_serve. */
+typedef struct Resend {
+    struct Resend *next;
+    Delivery *d;
+    size_t key_len, len;
+    unsigned char bytes[]; /* key, then payload */
+} Resend;
+
+struct Kafka {
+    rd_kafka_t *consumer;
+    rd_kafka_queue_t *queue; /* the consumer's queue, read a batch at a time */
+    rd_kafka_t *producer;
+    rd_kafka_topic_t *out[KAFKA_OUTPUT_COUNT];
+    char *prompts_topic;
+    OffsetTracker *tracker;
+
+    /* Commit points moved by delivery reports and not yet stored, by partition. */
+    int64_t *commit_at;
+    size_t commit_len;
+    bool commit_dirty;
+
+    Resend *resend;
+    size_t max_inflight;
+    bool paused;
+    int64_t flush_timeout_ms;
+    bool fatal;
+    char fatal_reason[1024];
+};
+
+/* --- configuration --- */
+
+static const char *reserved_why(const char *name) {
+    for (size_t i = 0; i < PD_ARRAY_LEN(reserved_props); i++)
+        if (!strcmp(reserved_props[i].name, name)) return reserved_props[i].why;
+    return NULL;
+}
+
+/* Applies user properties after promptd's own, so that they override the defaults. */
+static int apply_props(rd_kafka_conf_t *conf, const ConfigProps *props, const char *prefix,
+                       ConfigErrors *errs) {
+    int bad = 0;
+    for (size_t i = 0; i < props->len; i++) {
+        const ConfigProp *p = &props->items[i];
+        char key[300], err[512];
+        snprintf(key, sizeof key, "%s%s", prefix, p->name);
+
+        const char *why = reserved_why(p->name);
+        if (why) {
+            config_error(errs, p->origin, key, "is set by promptd: %s", why);
+            bad++;
+            continue;
+        }
+        if (rd_kafka_conf_set(conf, p->name, p->value, err, sizeof err) != RD_KAFKA_CONF_OK) {
+            config_error(errs, p->origin, key, "librdkafka refused it: %s", err);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+static void set_or_assert(rd_kafka_conf_t *conf, const char *name, const char *value) {
+    char err[256];
+    if (rd_kafka_conf_set(conf, name, value, err, sizeof err) == RD_KAFKA_CONF_OK) return;
+    pd_log(PD_LOG_CRIT, PD_MOD_KAFKA, "librdkafka refused %s=%s: %s", name, value, err);
+    PD_ASSERT(!"a property promptd sets itself was refused");
+}
+
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    pd_log(level, PD_MOD_RDKAFKA, "%s: %s: %s", rd_kafka_name(rk), fac, buf);
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    Kafka *k = opaque;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[512];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof why);
+        snprintf(k->fatal_reason, sizeof k->fatal_reason, "%s: fatal error %s: %s",
+                 rd_kafka_name(rk), rd_kafka_err2name(orig), why);
+        k->fatal = true;
+        return;
+    }
+    /* Broker outages report here, once per connection attempt: the rate limit turns a long
+     * outage into a few lines and a count. */
+    pd_log(PD_LOG_WARNING, PD_MOD_KAFKA, "%s: %s: %s", rd_kafka_name(rk),
+           rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+}
+
+static rd_kafka_conf_t *common_conf(const char *brokers, Kafka *k) {
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    set_or_assert(conf, "bootstrap.servers", brokers);
+    set_or_assert(conf, "client.id", "promptd");
+    set_or_assert(conf, "log.queue", "true");
+    rd_kafka_conf_set_log_cb(conf, on_log);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_opaque(conf, k);
+    return conf;
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque);
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
+
+static rd_kafka_conf_t *consumer_conf(const Config *c, const char *brokers, Kafka *k,
+                                      ConfigErrors *errs) {
+    rd_kafka_conf_t *conf = common_conf(brokers, k);
+    set_or_assert(conf, "group.id", c->kafka_group_id);
+    set_or_assert(conf, "enable.auto.offset.store", "false");
+    set_or_assert(conf, "enable.auto.commit", "true");
+    set_or_assert(conf, "auto.commit.interval.ms", "250");
+    /* A new group starts at the oldest prompt: skipping what arrived before the first
+     * start would be a loss. */
+    set_or_assert(conf, "auto.offset.reset", "earliest");
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    apply_props(conf, &c->consumer_props, "kafka.consumer.", errs);
+    return conf;
+}
+
+static rd_kafka_conf_t *producer_conf(const Config *c, const char *brokers, Kafka *k,
+                                      ConfigErrors *errs) {
+    rd_kafka_conf_t *conf = common_conf(brokers, k);
+    set_or_assert(conf, "enable.idempotence", "true");
+    set_or_assert(conf, "acks", "all");
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    apply_props(conf, &c->producer_props, "kafka.producer.", errs);
+    return conf;
+}
+
+int kafka_check_config(const Config *c, ConfigErrors *errs) {
+    int before = errs->count;
+    rd_kafka_conf_destroy(consumer_conf(c, "127.0.0.1:9092", NULL, errs));
+    rd_kafka_conf_destroy(producer_conf(c, "127.0.0.1:9092", NULL, errs));
+    return errs->count - before;
+}
+
+/* --- opening and closing --- */
+
+static int open_fail(Kafka *k, char *err, size_t errlen, const char *what, const char *why) {
+    snprintf(err, errlen, "%s: %s", what, why);
+    kafka_close(k);
+    return PD_ERR;
+}
+
+int kafka_open(Kafka **out, const Config *c, const char *brokers, char *err, size_t errlen) {
+    char why[512];
+    ConfigErrors errs = {0};
+    Kafka *k = pd_xcalloc(1, sizeof *k);
+    k->tracker = offtrack_new();
+    k->prompts_topic = pd_xstrdup(c->topic_prompts);
+    kafka_reconfigure(k, c);
+
+    rd_kafka_conf_t *cconf = consumer_conf(c, brokers, k, &errs);
+    rd_kafka_conf_t *pconf = producer_conf(c, brokers, k, &errs);
+    if (errs.count) {
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        return open_fail(k, err, errlen, "kafka configuration", errs.text);
+    }
+
+    k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, why, sizeof why);
+    if (!k->consumer) {
+        rd_kafka_conf_destroy(cconf);
+        rd_kafka_conf_destroy(pconf);
+        return open_fail(k, err, errlen, "cannot create the consumer", why);
+    }
+    k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, why, sizeof why);
+    if (!k->producer) {
+        rd_kafka_conf_destroy(pconf);
+        return open_fail(k, err, errlen, "cannot create the producer", why);
+    }
+
+    /* Log lines reach the consumer's queue (served by its poll) and the producer's main
+     * queue (served by rd_kafka_poll), so they are written from the serving thread. */
+    rd_kafka_set_log_queue(k->consumer, NULL);
+    rd_kafka_set_log_queue(k->producer, NULL);
+    rd_kafka_poll_set_consumer(k->consumer);
+    k->queue = rd_kafka_queue_get_consumer(k->consumer);
+
+    k->out[KAFKA_DECISIONS] = rd_kafka_topic_new(k->producer, c->topic_decisions, NULL);
+    k->out[KAFKA_DEAD_LETTERS] = rd_kafka_topic_new(k->producer, c->topic_dead_letters, NULL);
+
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, c->topic_prompts, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t rc = rd_kafka_subscribe(k->consumer, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (rc) return open_fail(k, err, errlen, "cannot subscribe", rd_kafka_err2str(rc));
+
+    *out = k;
+    return PD_OK;
+}
+
+void kafka_reconfigure(Kafka *k, const Config *c) {
+    k->max_inflight = (size_t)c->max_inflight;
+    k->flush_timeout_ms = c->shutdown_timeout_ms;
+}
+
+void kafka_close(Kafka *k) {
+    if (!k) return;
+    if (k->queue) rd_kafka_queue_destroy(k->queue);
+    if (k->consumer) {
+        /* Runs the revoke callback: outputs are flushed and stored offsets committed. */
+        rd_kafka_resp_err_t rc = rd_kafka_consumer_close(k->consumer);
+        if (rc) pd_log(PD_LOG_WARNING, PD_MOD_KAFKA, "leaving the group: %s", rd_kafka_err2str(rc));
+        rd_kafka_destroy(k->consumer);
+    }
+    for (int i = 0; i < KAFKA_OUTPUT_COUNT; i++)
+        if (k->out[i]) rd_kafka_topic_destroy(k->out[i]);
+    if (k->producer) rd_kafka_destroy(k->producer);
+
+    while (k->resend) {
+        Resend *r = k->resend;
+        k->resend = r->next;
+        free(r->d);
+        free(r);
+    }
+    offtrack_free(k->tracker);
+    free(k->commit_at);
+    free(k->prompts_topic);
+    free(k);
+}
+
+/* --- commit points --- */
+
+static void note_commit(Kafka *k, int32_t partition, int64_t offset) {
+    if ((size_t)partition >= k->commit_len) {
+        size_t n = (size_t)partition + 1;
+        int64_t *grown = realloc(k->commit_at, n * sizeof *grown);
+        if (!grown) return; /* a later acknowledgement of this partition stores it */
+        for (size_t i = k->commit_len; i < n; i++) grown[i] = -1;
+        k->commit_at = grown;
+        k->commit_len = n;
+    }
+    k->commit_at[partition] = offset;
+    k->commit_dirty = true;
+}
+
+/* Hands the moved commit points to the consumer, which auto-commits them. */
+static void store_commits(Kafka *k) {
+    if (!k->commit_dirty) return;
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
+    for (size_t p = 0; p < k->commit_len; p++) {
+        if (k->commit_at[p] < 0) continue;
+        rd_kafka_topic_partition_list_add(list, k->prompts_topic, (int32_t)p)->offset =
+            k->commit_at[p];
+        k->commit_at[p] = -1;
+    }
+    k->commit_dirty = false;
+
+    rd_kafka_resp_err_t rc = rd_kafka_offsets_store(k->consumer, list);
+    for (int i = 0; i < list->cnt; i++) {
+        if (list->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            pd_count(&pd_stats.offsets_stored, 1);
+            continue;
+        }
+        /* __STATE: the partition was revoked meanwhile; its new owner re-reads from the
+         * last commit, which is a duplicate, not a loss. */
+        pd_count(&pd_stats.offset_store_errors, 1);
+        pd_log(PD_LOG_NOTICE, PD_MOD_KAFKA,
+               "cannot store offset %" PRId64 " of %s [%" PRId32 "]: %s", list->elems[i].offset,
+               k->prompts_topic, list->elems[i].partition, rd_kafka_err2str(list->elems[i].err));
+    }
+    (void)rc;
+    /* Destroying the list matters: it holds partition references that would otherwise
+     * keep rd_kafka_destroy waiting forever. */
+    rd_kafka_topic_partition_list_destroy(list);
+}
+
+/* --- delivery --- */
+
+static int queue_resend(Kafka *k, const rd_kafka_message_t *m, Delivery *d) {
+    size_t key_len = m->key ? m->key_len : 0;
+    Resend *r = malloc(sizeof *r + key_len + m->len);
+    if (!r) return -1;
+    r->d = d;
+    r->key_len = key_len;
+    r->len = m->len;
+    if (key_len) memcpy(r->bytes, m->key, key_len);
+    if (m->len) memcpy(r->bytes + key_len, m->payload, m->len);
+    r->next = k->resend;
+    k->resend = r;
+    return 0;
+}
+
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+    Kafka *k = opaque;
+    Delivery *d = m->_private;
+    (void)rk;
+
+    if (m->err) {
+        /* librdkafka retried until message.timeout.ms; the message may even be in the log
+         * (possibly persisted). Sending it again keeps at-least-once: a duplicate at worst. */
+        pd_count(&pd_stats.produce_failures, 1);
+        pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "delivery to %s failed, sending again: %s",
+               rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+        if (queue_resend(k, m, d) == 0) return;
+        pd_log(PD_LOG_ERR, PD_MOD_KAFKA,
+               "no memory to re-send; its prompt stays uncommitted "
+               "and is read again after a restart");
+        offtrack_abandon(d->tok);
+        free(d);
+        return;
+    }
+
+    if (d->output == KAFKA_DECISIONS)
+        pd_count(&pd_stats.decisions_acked, 1);
+    else
+        pd_count(&pd_stats.dead_letters_acked[d->reason], 1);
+
+    int32_t partition;
+    int64_t commit = offtrack_done(k->tracker, d->tok, &partition);
+    if (commit >= 0) note_commit(k, partition, commit);
+    free(d);
+}
+
+/* Every output names its input in a header, "topic/partition/offset": consumers of the
+ * decisions use it to recognise the duplicates that at-least-once allows. */
+static rd_kafka_resp_err_t produce_once(Kafka *k, KafkaOutput output, const void *key,
+                                        size_t key_len, const void *payload, size_t len,
+                                        Delivery *d) {
+    char source[320];
+    int source_len = snprintf(source, sizeof source, "%s/%" PRId32 "/%" PRId64, k->prompts_topic,
+                              d->in_partition, d->in_offset);
+    const char *reason = msg_reason_name(d->reason);
+    ssize_t reason_len = output == KAFKA_DEAD_LETTERS ? (ssize_t)strlen(reason) : -1;
+
+    if (reason_len < 0)
+        return rd_kafka_producev(
+            k->producer, RD_KAFKA_V_RKT(k->out[output]), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE((void *)payload, len),
+            RD_KAFKA_V_HEADER("promptd-source", source, source_len), RD_KAFKA_V_OPAQUE(d),
+            RD_KAFKA_V_END);
+    return rd_kafka_producev(k->producer, RD_KAFKA_V_RKT(k->out[output]),
+                             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, key_len),
+                             RD_KAFKA_V_VALUE((void *)payload, len),
+                             RD_KAFKA_V_HEADER("promptd-source", source, source_len),
+                             RD_KAFKA_V_HEADER("promptd-reason", reason, reason_len),
+                             RD_KAFKA_V_OPAQUE(d), RD_KAFKA_V_END);
+}
+
+/* Produces, serving deliveries while the local queue is full. */
+static int produce_blocking(Kafka *k, KafkaOutput output, const void *key, size_t key_len,
+                            const void *payload, size_t len, Delivery *d, char *err,
+                            size_t errlen) {
+    for (;;) {
+        rd_kafka_resp_err_t rc = produce_once(k, output, key, key_len, payload, len, d);
+        if (rc == RD_KAFKA_RESP_ERR_NO_ERROR) return PD_OK;
+        if (rc != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            snprintf(err, errlen, "cannot produce to %s: %s", rd_kafka_topic_name(k->out[output]),
+                     rd_kafka_err2str(rc));
+            return PD_EFATAL;
+        }
+        pd_count(&pd_stats.queue_full_waits, 1);
+        rd_kafka_poll(k->producer, 10);
+        if (k->fatal) {
+            snprintf(err, errlen, "%s", k->fatal_reason);
+            return PD_EFATAL;
+        }
+    }
+}
+
+int kafka_produce(Kafka *k, const rd_kafka_message_t *in, const KafkaRecord *rec, char *err,
+                  size_t errlen) {
+    Delivery *d = malloc(sizeof *d);
+    OffsetToken *tok = d ? offtrack_add(k->tracker, in->partition, in->offset) : NULL;
+    if (!tok) {
+        free(d);
+        snprintf(err, errlen, "no memory to track offset %" PRId64, in->offset);
+        return PD_ENOMEM;
+    }
+    *d = (Delivery){tok, rec->output, rec->reason, in->partition, in->offset};
+
+    int rc = produce_blocking(k, rec->output, rec->key, rec->key_len, rec->payload, rec->len, d,
+                              err, errlen);
+    if (rc) {
+        /* Never produced, so never acknowledged: the offset must not be committed. */
+        offtrack_abandon(tok);
+        free(d);
+    }
+    return rc;
+}
+
+/* --- backpressure --- */
+
+static void set_paused(Kafka *k, bool pause) {
+    rd_kafka_topic_partition_list_t *assigned = NULL;
+    if (rd_kafka_assignment(k->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
+    if (pause)
+        rd_kafka_pause_partitions(k->consumer, assigned);
+    else
+        rd_kafka_resume_partitions(k->consumer, assigned);
+    rd_kafka_topic_partition_list_destroy(assigned);
+
+    k->paused = pause;
+    if (pause) pd_count(&pd_stats.pauses, 1);
+    pd_log(PD_LOG_DEBUG, PD_MOD_KAFKA, "%s input: %zu outputs await acknowledgement",
+           pause ? "pausing" : "resuming", offtrack_pending(k->tracker));
+}
+
+static void apply_backpressure(Kafka *k) {
+    size_t pending = offtrack_pending(k->tracker);
+    if (!k->paused && pending >= k->max_inflight)
+        set_paused(k, true);
+    else if (k->paused && pending <= k->max_inflight / 2)
+        set_paused(k, false);
+}
+
+static int resend_failed(Kafka *k, char *err, size_t errlen) {
+    while (k->resend) {
+        Resend *r = k->resend;
+        k->resend = r->next;
+        int rc = produce_blocking(k, r->d->output, r->bytes, r->key_len, r->bytes + r->key_len,
+                                  r->len, r->d, err, errlen);
+        free(r);
+        if (rc) return rc;
+    }
+    return PD_OK;
+}
+
+int kafka_serve(Kafka *k, int timeout_ms, char *err, size_t errlen) {
+    rd_kafka_poll(k->producer, timeout_ms);
+    if (k->fatal) {
+        snprintf(err, errlen, "%s", k->fatal_reason);
+        return PD_EFATAL;
+    }
+    store_commits(k);
+    apply_backpressure(k);
+    return resend_failed(k, err, errlen);
+}
+
+size_t kafka_unacked(const Kafka *k) {
+    return offtrack_pending(k->tracker);
+}
+
+size_t kafka_drain(Kafka *k, int timeout_ms) {
+    char err[512];
+    uint64_t deadline = pd_mono_ms() + (uint64_t)timeout_ms;
+    while (offtrack_pending(k->tracker) > 0 && pd_mono_ms() < deadline) {
+        if (kafka_serve(k, 50, err, sizeof err)) {
+            pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "while draining: %s", err);
+            break;
+        }
+    }
+    store_commits(k);
+    return offtrack_pending(k->tracker);
+}
+
+/* --- consuming --- */
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    Kafka *k = opaque;
+    bool cooperative = !strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE");
+    pd_count(&pd_stats.rebalances, 1);
+
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        pd_log(PD_LOG_INFO, PD_MOD_KAFKA, "assigned %d partition(s) of %s", parts->cnt,
+               k->prompts_topic);
+        if (cooperative)
+            rd_kafka_incremental_assign(rk, parts);
+        else
+            rd_kafka_assign(rk, parts);
+        if (k->paused) rd_kafka_pause_partitions(rk, parts);
+        return;
+    }
+
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !rd_kafka_assignment_lost(rk)) {
+        /* Commit what is done before another member takes over, so that it re-reads as
+         * little as possible: wait for outstanding outputs, store, commit now. */
+        size_t left = kafka_drain(k, (int)k->flush_timeout_ms);
+        rd_kafka_resp_err_t rc = rd_kafka_commit(rk, NULL, 0);
+        if (rc && rc != RD_KAFKA_RESP_ERR__NO_OFFSET)
+            pd_log(PD_LOG_WARNING, PD_MOD_KAFKA, "commit on revoke: %s", rd_kafka_err2str(rc));
+        pd_log(PD_LOG_INFO, PD_MOD_KAFKA,
+               "revoked %d partition(s); %zu output(s) still unacknowledged will be re-read",
+               parts->cnt, left);
+    } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        pd_log(PD_LOG_WARNING, PD_MOD_KAFKA,
+               "lost %d partition(s) (session timed out?); their uncommitted prompts will be "
+               "re-read by their new owner",
+               parts->cnt);
+    } else {
+        pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "rebalance failed: %s", rd_kafka_err2str(err));
+    }
+
+    for (int i = 0; i < parts->cnt; i++) offtrack_reset(k->tracker, parts->elems[i].partition);
+    if (cooperative)
+        rd_kafka_incremental_unassign(rk, parts);
+    else
+        rd_kafka_assign(rk, NULL);
+}
+
+static int consumer_event(Kafka *k, rd_kafka_message_t *m, char *err, size_t errlen) {
+    rd_kafka_resp_err_t e = m->err;
+    if (e == RD_KAFKA_RESP_ERR__PARTITION_EOF) return PD_OK;
+    pd_count(&pd_stats.consumer_errors, 1);
+
+    if (e == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[512];
+        rd_kafka_fatal_error(k->consumer, why, sizeof why);
+        snprintf(err, errlen, "consumer fatal error: %s", why);
+        return PD_EFATAL;
+    }
+    pd_log(PD_LOG_WARNING, PD_MOD_KAFKA, "consumer: %s%s%s", rd_kafka_err2str(e),
+           m->rkt ? " on " : "", m->rkt ? rd_kafka_topic_name(m->rkt) : "");
+    return PD_OK;
+}
+
+int kafka_poll_batch(Kafka *k, rd_kafka_message_t **msgs, int max, int wait_ms, char *err,
+                     size_t errlen) {
+    /* One call takes the batch: it waits up to wait_ms for max messages and serves the
+     * rebalance, error and log callbacks queued meanwhile. */
+    ssize_t got = rd_kafka_consume_batch_queue(k->queue, wait_ms, msgs, (size_t)max);
+    if (got < 0) {
+        snprintf(err, errlen, "consumer: %s", rd_kafka_err2str(rd_kafka_last_error()));
+        return PD_EFATAL;
+    }
+
+    int n = 0, rc = PD_OK;
+    for (ssize_t i = 0; i < got; i++) {
+        rd_kafka_message_t *m = msgs[i];
+        if (!m->err) {
+            msgs[n++] = m;
+            continue;
+        }
+        if (rc == PD_OK) rc = consumer_event(k, m, err, errlen);
+        rd_kafka_message_destroy(m);
+    }
+    if (rc) {
+        kafka_release(msgs, n);
+        return rc;
+    }
+    pd_count(&pd_stats.prompts_consumed, (uint64_t)n);
+    return n;
+}
+
+void kafka_release(rd_kafka_message_t **msgs, int n) {
+    for (int i = 0; i < n; i++) rd_kafka_message_destroy(msgs[i]);
+}

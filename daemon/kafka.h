@@ -1,0 +1,79 @@
+/*
+ * The Kafka side of the serving loop: one consumer in a consumer group reading the prompts
+ * topic in batches, and one idempotent producer (acks=all) writing decisions and dead
+ * letters.
+ *
+ * At-least-once: a prompt's offset is stored for commit only after the message it produced
+ * is acknowledged, and only once every earlier prompt of its partition is acknowledged too
+ * (offsets.h). Auto-commit then commits stored offsets; a revoke commits them at once. A
+ * crash therefore re-delivers, never loses. When too many outputs await acknowledgement
+ * the input partitions are paused, and resumed when half of them have drained.
+ *
+ * librdkafka's log lines and errors go through pd_log (module rdkafka). Everything here
+ * runs on the serving thread: librdkafka's callbacks are served from its polls.
+ */
+#ifndef PD_KAFKA_H
+#define PD_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "message.h"
+
+typedef struct Kafka Kafka;
+
+typedef enum { KAFKA_DECISIONS, KAFKA_DEAD_LETTERS, KAFKA_OUTPUT_COUNT } KafkaOutput;
+
+/* Checks the kafka.consumer.* and kafka.producer.* properties with librdkafka itself,
+ * appending "file:line: key: what librdkafka says" to errs. Returns the number of errors. */
+int kafka_check_config(const Config *c, ConfigErrors *errs);
+
+/* Creates the consumer, subscribed to the prompts topic, and the producer, both connecting
+ * to brokers. Returns 0, or an error with err filled. */
+int kafka_open(Kafka **out, const Config *c, const char *brokers, char *err, size_t errlen);
+
+/* Picks up the reloadable settings (kafka.max_inflight). */
+void kafka_reconfigure(Kafka *k, const Config *c);
+
+/* Takes up to max prompt messages into msgs, waiting up to wait_ms for the first. Error
+ * events of the stream are logged and counted here. Returns the number taken, or PD_EFATAL
+ * with err filled when the consumer cannot go on. */
+int kafka_poll_batch(Kafka *k, rd_kafka_message_t **msgs, int max, int wait_ms, char *err,
+                     size_t errlen);
+
+/* What to produce for one input. headers carries one optional extra header. */
+typedef struct {
+    KafkaOutput output;
+    MsgReason reason; /* for dead letters */
+    const void *key;
+    size_t key_len;
+    const void *payload;
+    size_t len;
+} KafkaRecord;
+
+/* Produces rec for the input message in (copying the payload). The input's offset becomes
+ * committable once rec is acknowledged. Serves deliveries while the producer's queue is
+ * full. Returns 0, or PD_EFATAL / PD_ENOMEM with err filled. */
+int kafka_produce(Kafka *k, const rd_kafka_message_t *in, const KafkaRecord *rec, char *err,
+                  size_t errlen);
+
+/* Releases messages taken by kafka_poll_batch. */
+void kafka_release(rd_kafka_message_t **msgs, int n);
+
+/* Serves delivery reports (waiting up to timeout_ms for one), stores commit points,
+ * re-sends failed deliveries and pauses or resumes the input. Returns 0, or PD_EFATAL with
+ * err filled when the producer cannot go on (an idempotence fatal error). */
+int kafka_serve(Kafka *k, int timeout_ms, char *err, size_t errlen);
+
+/* Outputs produced and not yet acknowledged. */
+size_t kafka_unacked(const Kafka *k);
+
+/* Waits up to timeout_ms until every output is acknowledged and its offset stored.
+ * Returns the number still unacknowledged. */
+size_t kafka_drain(Kafka *k, int timeout_ms);
+
+/* Leaves the group, committing the stored offsets, and frees everything. */
+void kafka_close(Kafka *k);
+
+#endif

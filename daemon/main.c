@@ -1,0 +1,318 @@
+/*
+ * promptd: the command line, the configuration, signals, and the serving loop that moves
+ * prompts from the consumer through the pipeline to the producer.
+ *
+ * Exit codes: 0 after a clean stop, 64 for a usage error, 78 for a configuration error
+ * (systemd does not restart on it), 75 when Kafka cannot go on (a restart may help; no
+ * prompt is lost because its offset was not committed).
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "kafka.h"
+#include "log.h"
+#include "mockbroker.h"
+#include "pd.h"
+#include "pipeline.h"
+#include "stats.h"
+
+static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t reload_requested;
+
+/* What the command line asked for. */
+typedef struct {
+    const char *config_path; /* NULL: embedded defaults */
+    char **overrides;        /* "key=value" from --set, re-applied on every reload */
+    int noverrides;
+    int check, dump;
+} Options;
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "Usage: promptd [OPTION]...\n"
+            "Choose a prompt template for every prompt read from Kafka, and learn from rewards.\n"
+            "\n"
+            "  -c, --config FILE     read the configuration from FILE (default: built-in\n"
+            "                        defaults: embedded broker, in-process cache)\n"
+            "  -o, --set KEY=VALUE   set a configuration key, after the file (repeatable)\n"
+            "  -t, --check           validate the configuration and exit: 0 when good,\n"
+            "                        78 on an error, printed as file:line: key: what is wrong\n"
+            "      --dump-config     print the effective configuration and exit\n"
+            "      --help-config     print every configuration key with its default and exit\n"
+            "  -V, --version         print the version and exit\n"
+            "  -h, --help            print this help and exit\n"
+            "\n"
+            "Signals: SIGTERM and SIGINT drain in-flight prompts, commit and exit 0;\n"
+            "SIGHUP reloads the configuration's reloadable keys.\n");
+}
+
+static int parse_options(int argc, char **argv, Options *o) {
+    enum { OPT_DUMP = 256, OPT_HELP_CONFIG };
+    static const struct option longopts[] = {{"config", required_argument, NULL, 'c'},
+                                             {"set", required_argument, NULL, 'o'},
+                                             {"check", no_argument, NULL, 't'},
+                                             {"dump-config", no_argument, NULL, OPT_DUMP},
+                                             {"help-config", no_argument, NULL, OPT_HELP_CONFIG},
+                                             {"version", no_argument, NULL, 'V'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
+    int opt;
+    o->overrides = pd_xcalloc((size_t)argc, sizeof *o->overrides);
+    while ((opt = getopt_long(argc, argv, "c:o:tVh", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': o->config_path = optarg; break;
+        case 'o': o->overrides[o->noverrides++] = optarg; break;
+        case 't': o->check = 1; break;
+        case OPT_DUMP: o->dump = 1; break;
+        case OPT_HELP_CONFIG: config_describe(stdout); exit(PD_EXIT_OK);
+        case 'V':
+            printf("promptd %s\nlibrdkafka %s\n", PD_VERSION, rd_kafka_version_str());
+            exit(PD_EXIT_OK);
+        case 'h': usage(stdout); exit(PD_EXIT_OK);
+        default: usage(stderr); return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "promptd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads the configuration: defaults, then the file, then --set. Returns the error count. */
+static int load_config(Config *c, const Options *o, ConfigErrors *errs) {
+    config_init(c);
+    if (o->config_path) config_load(c, o->config_path, errs);
+    for (int i = 0; i < o->noverrides; i++) {
+        char key[256];
+        const char *eq = strchr(o->overrides[i], '=');
+        ConfigOrigin origin = {"command line", 0};
+        if (!eq || eq == o->overrides[i] || (size_t)(eq - o->overrides[i]) >= sizeof key) {
+            config_error(errs, origin, o->overrides[i], "--set expects KEY=VALUE");
+            continue;
+        }
+        snprintf(key, sizeof key, "%.*s", (int)(eq - o->overrides[i]), o->overrides[i]);
+        config_set(c, key, eq + 1, origin, errs);
+    }
+    kafka_check_config(c, errs);
+    return errs->count;
+}
+
+static void apply_logging(const Config *c) {
+    uint32_t mask = 0;
+    char bad[64];
+    pd_log_set_level((int)c->log_level);
+    pd_log_debug_parse(c->log_debug, &mask, bad, sizeof bad); /* validated when set */
+    pd_log_set_debug_mask(mask);
+    pd_log_set_ratelimit((unsigned)c->log_ratelimit_burst, (uint64_t)c->log_ratelimit_interval_ms);
+}
+
+/* --- signals --- */
+
+static void on_signal(int sig) {
+    if (sig == SIGHUP)
+        reload_requested = 1;
+    else
+        stop_requested = 1;
+}
+
+static void install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* --- the service --- */
+
+typedef struct {
+    Options opts;
+    Config config;
+    MockBroker *broker;
+    Kafka *kafka;
+    Pipeline *pipeline;
+    rd_kafka_message_t **batch;
+    size_t batch_cap;
+} Service;
+
+static void note_restart_needed(void *ctx, const char *key) {
+    (void)ctx;
+    pd_log(PD_LOG_WARNING, PD_MOD_CONFIG, "%s changed; it takes effect after a restart", key);
+}
+
+static int resize_batch(Service *s) {
+    size_t want = (size_t)s->config.batch_size;
+    if (want <= s->batch_cap) return 0;
+    rd_kafka_message_t **grown = realloc(s->batch, want * sizeof *grown);
+    if (!grown) return -1;
+    s->batch = grown;
+    s->batch_cap = want;
+    return 0;
+}
+
+static void reload(Service *s) {
+    Config fresh;
+    ConfigErrors errs = {0};
+    pd_log(PD_LOG_NOTICE, PD_MOD_MAIN, "reload requested");
+    if (load_config(&fresh, &s->opts, &errs)) {
+        pd_log(PD_LOG_ERR, PD_MOD_CONFIG, "reload refused, the running configuration stays: %s",
+               errs.text);
+        config_free(&fresh);
+        return;
+    }
+
+    int applied = config_apply_reload(&s->config, &fresh, note_restart_needed, NULL);
+    config_free(&fresh);
+    apply_logging(&s->config);
+    kafka_reconfigure(s->kafka, &s->config);
+    pipeline_reconfigure(s->pipeline, &s->config);
+    if (resize_batch(s)) s->config.batch_size = (int64_t)s->batch_cap;
+    pd_log(PD_LOG_NOTICE, PD_MOD_CONFIG, "configuration reloaded: %d key(s) changed", applied);
+}
+
+static int start_broker(Service *s, const char **brokers) {
+    char err[512];
+    const Config *c = &s->config;
+    const char *topics[] = {c->topic_prompts, c->topic_decisions, c->topic_dead_letters};
+
+    if (strcmp(c->kafka_brokers, "embedded")) {
+        *brokers = c->kafka_brokers;
+        return 0;
+    }
+    if (mockbroker_start(&s->broker, (int)c->embedded_brokers, topics, PD_ARRAY_LEN(topics),
+                         (int)c->embedded_partitions, err, sizeof err)) {
+        pd_log(PD_LOG_ERR, PD_MOD_BROKER, "%s", err);
+        return -1;
+    }
+    *brokers = mockbroker_bootstraps(s->broker);
+    pd_log(PD_LOG_NOTICE, PD_MOD_BROKER,
+           "embedded broker (a test cluster that keeps about 5 MiB per partition) at %s", *brokers);
+
+    if (c->embedded_bootstrap_file[0] &&
+        mockbroker_write_bootstrap(s->broker, c->embedded_bootstrap_file, err, sizeof err)) {
+        pd_log(PD_LOG_ERR, PD_MOD_BROKER, "%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+static int start(Service *s) {
+    char err[1024];
+    const char *brokers;
+    if (start_broker(s, &brokers)) return PD_EXIT_TEMPFAIL;
+
+    if (kafka_open(&s->kafka, &s->config, brokers, err, sizeof err)) {
+        pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "%s", err);
+        return PD_EXIT_TEMPFAIL;
+    }
+    s->pipeline = pipeline_new(&s->config, s->kafka);
+    if (!s->pipeline || resize_batch(s)) {
+        pd_log(PD_LOG_ERR, PD_MOD_MAIN, "out of memory at start-up");
+        return PD_EXIT_SOFTWARE;
+    }
+    pd_log(PD_LOG_NOTICE, PD_MOD_MAIN,
+           "promptd %s serving: prompts=%s decisions=%s dead_letters=%s group=%s", PD_VERSION,
+           s->config.topic_prompts, s->config.topic_decisions, s->config.topic_dead_letters,
+           s->config.kafka_group_id);
+    return PD_EXIT_OK;
+}
+
+/* The serving loop: poll a batch, run it, serve acknowledgements; until asked to stop. */
+static int serve(Service *s) {
+    char err[1024];
+    uint64_t next_tick = pd_mono_ms() + 1000;
+
+    while (!stop_requested) {
+        int n = kafka_poll_batch(s->kafka, s->batch, (int)s->config.batch_size,
+                                 (int)s->config.batch_wait_ms, err, sizeof err);
+        int rc = n < 0 ? n : PD_OK;
+        if (n > 0) {
+            rc = pipeline_run(s->pipeline, s->batch, n, err, sizeof err);
+            kafka_release(s->batch, n);
+        }
+        if (rc == PD_OK) rc = kafka_serve(s->kafka, 0, err, sizeof err);
+        if (rc) {
+            pd_log(PD_LOG_CRIT, PD_MOD_MAIN, "stopping: %s", err);
+            return PD_EXIT_TEMPFAIL;
+        }
+
+        if (reload_requested) {
+            reload_requested = 0;
+            reload(s);
+        }
+        if (pd_mono_ms() >= next_tick) {
+            pd_log_tick();
+            next_tick = pd_mono_ms() + 1000;
+        }
+    }
+    return PD_EXIT_OK;
+}
+
+static void log_summary(size_t unacked) {
+    uint64_t dead = 0;
+    for (int r = 0; r < MSG_REASON_COUNT; r++) dead += pd_read(&pd_stats.dead_letters_acked[r]);
+    pd_log(PD_LOG_NOTICE, PD_MOD_MAIN,
+           "stopped: prompts=%" PRIu64 " decisions=%" PRIu64 " dead_letters=%" PRIu64
+           " unacked=%zu produce_failures=%" PRIu64 " pauses=%" PRIu64 " rebalances=%" PRIu64,
+           (uint64_t)pd_read(&pd_stats.prompts_consumed),
+           (uint64_t)pd_read(&pd_stats.decisions_acked), dead, unacked,
+           (uint64_t)pd_read(&pd_stats.produce_failures), (uint64_t)pd_read(&pd_stats.pauses),
+           (uint64_t)pd_read(&pd_stats.rebalances));
+}
+
+/* Drains in-flight outputs, commits, and frees everything. */
+static void stop(Service *s) {
+    size_t unacked = 0;
+    if (s->kafka) {
+        unacked = kafka_drain(s->kafka, (int)s->config.shutdown_timeout_ms);
+        if (unacked)
+            pd_log(PD_LOG_WARNING, PD_MOD_KAFKA,
+                   "%zu output(s) unacknowledged after shutdown.timeout; their prompts stay "
+                   "uncommitted and are read again after the restart",
+                   unacked);
+        kafka_close(s->kafka);
+    }
+    pipeline_free(s->pipeline);
+    mockbroker_stop(s->broker);
+    log_summary(unacked);
+    free(s->batch);
+    config_free(&s->config);
+    free(s->opts.overrides);
+}
+
+int main(int argc, char **argv) {
+    Service s;
+    ConfigErrors errs = {0};
+    memset(&s, 0, sizeof s);
+    if (parse_options(argc, argv, &s.opts)) return PD_EXIT_USAGE;
+
+    if (load_config(&s.config, &s.opts, &errs)) {
+        fputs(errs.text, stderr);
+        config_free(&s.config);
+        return PD_EXIT_CONFIG;
+    }
+    if (s.opts.check || s.opts.dump) {
+        if (s.opts.dump) config_dump(&s.config, stdout);
+        if (s.opts.check) printf("promptd: configuration is valid\n");
+        config_free(&s.config);
+        free(s.opts.overrides);
+        return PD_EXIT_OK;
+    }
+
+    apply_logging(&s.config);
+    install_signals();
+    int code = start(&s);
+    if (code == PD_EXIT_OK) code = serve(&s);
+    stop(&s);
+    return code;
+}

@@ -1,0 +1,88 @@
+/*
+ * The wire formats: decoding a prompt, encoding a decision and a dead letter (JSON, UTF-8).
+ *
+ *   prompt:      {"id": "...", "text": "...", "session": "...", "attrs": {...}}
+ *   decision:    {"id", "session"?, "template", "prompt", "ts"}
+ *   dead letter: {"reason", "error", "topic", "partition", "offset", "timestamp",
+ *                 "payload" | "payload_base64", "payload_bytes", "payload_truncated"}
+ *
+ * Decoding never trusts the payload: every way it can be wrong has a reason code and a
+ * sentence a person can act on. No logging here.
+ */
+#ifndef PD_MESSAGE_H
+#define PD_MESSAGE_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Why a message went to the dead-letter topic. Stable names: they are metric labels. */
+typedef enum {
+    MSG_OK = 0,
+    MSG_TOO_LARGE,
+    MSG_INVALID_UTF8,
+    MSG_INVALID_JSON,
+    MSG_NOT_AN_OBJECT,
+    MSG_MISSING_ID,
+    MSG_INVALID_ID,
+    MSG_MISSING_TEXT,
+    MSG_INVALID_TEXT,
+    MSG_INVALID_FIELD,
+    MSG_REASON_COUNT
+} MsgReason;
+
+const char *msg_reason_name(MsgReason reason);
+
+#define MSG_ID_MAX 256 /* bytes; ids are join keys, not content */
+
+/* A decoded prompt. The strings point into root, which the prompt owns. */
+typedef struct {
+    json_t *root;
+    char id[MSG_ID_MAX + 1]; /* numeric ids are kept as their decimal text */
+    size_t id_len;
+    const char *text; /* the original text, kept for rendering */
+    size_t text_len;
+    const char *session; /* NULL when the prompt has none */
+    size_t session_len;
+    json_t *attrs; /* borrowed from root; NULL when absent */
+} Prompt;
+
+/* Decodes payload[0..len). Returns MSG_OK with p filled (free it with msg_prompt_free), or
+ * the reason with a human sentence in err and p empty. */
+MsgReason msg_decode_prompt(Prompt *p, const void *payload, size_t len, size_t max_bytes, char *err,
+                            size_t errlen);
+void msg_prompt_free(Prompt *p);
+
+/* A growable output buffer, reused across messages. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+} MsgBuf;
+
+void msg_buf_free(MsgBuf *b);
+
+/* Encodes the decision for p into out. normalized is the normalised text; template is the
+ * chosen template's name, or NULL while no selection exists. Returns 0 or -1 (no memory). */
+int msg_encode_decision(MsgBuf *out, const Prompt *p, const char *template_name,
+                        const char *prompt_text, size_t prompt_len, int64_t ts_ms);
+
+/* Where a message came from. */
+typedef struct {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    int64_t timestamp_ms; /* the broker's timestamp of the input, -1 if none */
+} MsgSource;
+
+/* Encodes a dead letter: the reason code, the sentence, where the input came from and the
+ * input itself (as a string when it is UTF-8, otherwise base64), cut at max_payload bytes.
+ * Returns 0 or -1 (no memory). */
+int msg_encode_dead_letter(MsgBuf *out, MsgReason reason, const char *error, const MsgSource *src,
+                           const void *payload, size_t len, size_t max_payload);
+
+/* True when s[0..len) is well-formed UTF-8 (no overlongs, surrogates or values past
+ * U+10FFFF). On false, *bad_at is the offset of the first bad byte. */
+bool msg_utf8_valid(const void *s, size_t len, size_t *bad_at);
+
+#endif

@@ -1,0 +1,4 @@
+/* The counters themselves; see stats.h. */
+#include "stats.h"
+
+PdStats pd_stats;

@@ -1,0 +1,37 @@
+/*
+ * Process-wide counters: the serving thread and the learner add to them, and the metrics
+ * endpoint and the shutdown summary read them. Relaxed atomics: each counter is exact, but
+ * a reader may see two counters at slightly different moments.
+ */
+#ifndef PD_STATS_H
+#define PD_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "message.h"
+
+typedef struct {
+    atomic_uint_fast64_t prompts_consumed; /* prompt messages taken from the broker */
+    atomic_uint_fast64_t decisions_acked;  /* decisions the broker acknowledged */
+    atomic_uint_fast64_t dead_letters_acked[MSG_REASON_COUNT]; /* by reason */
+    atomic_uint_fast64_t produce_failures; /* deliveries that failed and were re-sent */
+    atomic_uint_fast64_t queue_full_waits; /* produce calls that found the queue full */
+    atomic_uint_fast64_t pauses;           /* times the input was paused for backpressure */
+    atomic_uint_fast64_t offsets_stored;   /* commit points handed to the consumer */
+    atomic_uint_fast64_t offset_store_errors;
+    atomic_uint_fast64_t consumer_errors; /* error events from the consumer */
+    atomic_uint_fast64_t rebalances;
+} PdStats;
+
+extern PdStats pd_stats;
+
+static inline void pd_count(atomic_uint_fast64_t *counter, uint64_t n) {
+    atomic_fetch_add_explicit(counter, n, memory_order_relaxed);
+}
+
+static inline uint64_t pd_read(const atomic_uint_fast64_t *counter) {
+    return atomic_load_explicit(counter, memory_order_relaxed);
+}
+
+#endif

@@ -1,0 +1,88 @@
+/*
+ * What the integration tests share: child processes (promptd, kcat) with their output in
+ * files, a scratch directory per test, waiting on files, and reading kcat's output.
+ * Every wait is bounded, so a broken daemon fails a test instead of hanging the suite.
+ */
+#ifndef PD_TEST_HARNESS_H
+#define PD_TEST_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef struct {
+    pid_t pid;
+    int status; /* from waitpid, once it has exited */
+    bool exited;
+} Proc;
+
+/* Starts argv[0] (searched in PATH) with stdin from in_path (or /dev/null) and stdout and
+ * stderr appended to the given files (or /dev/null). Returns 0 or -1. */
+int proc_start(Proc *p, char *const argv[], const char *in_path, const char *out_path,
+               const char *err_path);
+
+/* As proc_start, with stdin read from in_fd (which the child gets; the caller closes its
+ * copy). */
+int proc_start_fd(Proc *p, char *const argv[], int in_fd, const char *out_path,
+                  const char *err_path);
+
+/* Writes the lines of path into fd at about rate lines per second, from a thread, then
+ * closes fd: a stream that keeps flowing while a test kills and restarts the daemon. */
+typedef struct Feeder Feeder;
+Feeder *feeder_start(const char *path, int fd, int rate);
+/* Waits for the feeder to finish; returns the number of lines written. */
+long feeder_join(Feeder *f);
+
+/* Waits up to timeout_ms for exit. Returns the exit code, 128+signal if killed, or -1 on
+ * timeout. */
+int proc_wait(Proc *p, int timeout_ms);
+
+/* Sends sig; with SIGKILL also reaps the child. */
+void proc_signal(Proc *p, int sig);
+
+/* Stops a child that may still run (SIGTERM, then SIGKILL after 10 s). */
+void proc_stop(Proc *p);
+
+/* A fresh directory under $TMPDIR (or /tmp), removed by harness_cleanup. Returns a static
+ * buffer valid until the next call. */
+const char *harness_tmpdir(void);
+void harness_cleanup(void);
+
+/* path = dir/name into buf. */
+const char *harness_path(char *buf, size_t len, const char *dir, const char *name);
+
+/* Reads a whole file; NULL if absent. The caller frees. */
+char *harness_read_file(const char *path, size_t *len);
+
+/* Waits until path exists and is non-empty. Returns 0, or -1 after timeout_ms. */
+int harness_wait_file(const char *path, int timeout_ms);
+
+/* Waits until the file contains needle. Returns 0 or -1 after timeout_ms. */
+int harness_wait_text(const char *path, const char *needle, int timeout_ms);
+
+/* Follows a growing file line by line, as tail -f does. */
+typedef struct {
+    int fd;
+    char *buf;
+    size_t len, cap;
+    size_t used; /* bytes of the line last returned, dropped by the next call */
+} Tail;
+
+int tail_open(Tail *t, const char *path);
+/* Next complete line (without the newline), or NULL when none is complete yet. The line is
+ * valid until the next call. */
+char *tail_next(Tail *t);
+void tail_close(Tail *t);
+
+/* The path of the promptd binary under test ($PROMPTD, else build/promptd). */
+const char *harness_promptd(void);
+
+/* Writes n prompts as lines "<key>\t<json>" for kcat -K'\t': the key is the prompt's id, so
+ * that the prompts spread over the partitions, and the JSON carries a realistic alarm
+ * text. Returns 0 or -1. */
+int harness_write_prompts(const char *path, const char *prefix, int n);
+
+/* Monotonic milliseconds. */
+long long harness_now_ms(void);
+
+#endif

@@ -1,0 +1,134 @@
+/*
+ * The command line as an operator meets it: --check and its exit codes, --version, --help,
+ * usage errors, and SIGHUP reload of the configuration while serving.
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+static const char *dir;
+static char out[512], err[512];
+
+static void setup(void) {
+    dir = harness_tmpdir();
+    harness_path(out, sizeof out, dir, "stdout");
+    harness_path(err, sizeof err, dir, "stderr");
+}
+
+static void teardown(void) {
+    harness_cleanup();
+}
+
+TestSuite(cli, .init = setup, .fini = teardown, .timeout = 60);
+
+/* Runs promptd with args to completion; returns its exit code. */
+static int run(const char *const *args) {
+    char *argv[32];
+    int n = 0;
+    argv[n++] = (char *)harness_promptd();
+    for (; *args; args++) argv[n++] = (char *)*args;
+    argv[n] = NULL;
+    Proc p;
+    cr_assert_eq(proc_start(&p, argv, NULL, out, err), 0);
+    int code = proc_wait(&p, 30000);
+    cr_assert_geq(code, 0, "promptd did not exit within 30 s");
+    return code;
+}
+
+static const char *write_conf(const char *text) {
+    static char path[512];
+    harness_path(path, sizeof path, dir, "promptd.conf");
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+static bool file_has(const char *path, const char *needle) {
+    char *text = harness_read_file(path, NULL);
+    bool found = text && strstr(text, needle);
+    free(text);
+    return found;
+}
+
+Test(cli, version_and_help_go_to_stdout_and_exit_0) {
+    cr_expect_eq(run((const char *[]){"--version", NULL}), 0);
+    cr_expect(file_has(out, "promptd "), "no version on stdout");
+    cr_expect_eq(run((const char *[]){"--help", NULL}), 0);
+    cr_expect(file_has(out, "Usage: promptd"), "no usage on stdout");
+    cr_expect_eq(run((const char *[]){"--help-config", NULL}), 0);
+    cr_expect(file_has(out, "kafka.brokers (string, default \"embedded\""));
+}
+
+Test(cli, usage_errors_exit_64) {
+    cr_expect_eq(run((const char *[]){"--no-such-option", NULL}), 64);
+    cr_expect_eq(run((const char *[]){"stray-argument", NULL}), 64);
+    cr_expect(file_has(err, "unexpected argument 'stray-argument'"));
+}
+
+Test(cli, check_accepts_the_shipped_configuration) {
+    cr_expect_eq(run((const char *[]){"--check", "--config", "conf/promptd.conf", NULL}), 0);
+    cr_expect(file_has(out, "configuration is valid"));
+    cr_expect_eq(run((const char *[]){"-t", NULL}), 0, "the embedded defaults must be valid");
+}
+
+Test(cli, check_reports_file_line_key_and_exits_78) {
+    const char *conf = write_conf("kafka.brokers embedded\n"
+                                  "\n"
+                                  "kafka.batch.size 0\n"
+                                  "kafka.consumer.session.timeout.ms soon\n");
+    cr_expect_eq(run((const char *[]){"--check", "--config", conf, NULL}), 78);
+    char want[700];
+    snprintf(want, sizeof want, "%s:3: kafka.batch.size: must be between 1 and 100000", conf);
+    cr_expect(file_has(err, want), "stderr lacks: %s", want);
+    snprintf(want, sizeof want, "%s:4: kafka.consumer.session.timeout.ms: librdkafka refused",
+             conf);
+    cr_expect(file_has(err, want), "stderr lacks: %s", want);
+}
+
+Test(cli, set_overrides_are_checked_too) {
+    cr_expect_eq(run((const char *[]){"--check", "--set", "log.level=chatty", NULL}), 78);
+    cr_expect(file_has(err, "command line: log.level: expects one of"));
+    cr_expect_eq(run((const char *[]){"--check", "--set", "novalue", NULL}), 78);
+    cr_expect(file_has(err, "--set expects KEY=VALUE"));
+}
+
+Test(cli, a_missing_config_file_is_a_configuration_error) {
+    cr_expect_eq(run((const char *[]){"--config", "/nonexistent.conf", NULL}), 78);
+    cr_expect(file_has(err, "cannot open /nonexistent.conf"));
+}
+
+Test(cli, dump_config_prints_effective_values) {
+    const char *conf = write_conf("kafka.group.id team-a\n");
+    cr_expect_eq(run((const char *[]){"--dump-config", "--config", conf, NULL}), 0);
+    cr_expect(file_has(out, "kafka.group.id"));
+    cr_expect(file_has(out, "\"team-a\""));
+}
+
+/* SIGHUP: a broken file is refused and the service keeps running; a good one applies its
+ * reloadable keys and names those that need a restart. */
+Test(cli, sighup_reloads_or_refuses_the_configuration, .timeout = 90) {
+    const char *conf = write_conf("log.level info\n");
+    char *argv[] = {(char *)harness_promptd(), "--config", (char *)conf, NULL};
+    Proc p;
+    cr_assert_eq(proc_start(&p, argv, NULL, out, err), 0);
+    cr_assert_eq(harness_wait_text(err, "serving:", 20000), 0, "promptd did not start");
+
+    write_conf("log.level info\nkafka.batch.sise 9\n");
+    proc_signal(&p, SIGHUP);
+    cr_expect_eq(harness_wait_text(err, "reload refused", 10000), 0, "no refusal logged");
+    cr_expect(file_has(err, "kafka.batch.sise: unknown key; did you mean 'kafka.batch.size'?"));
+    cr_expect_eq(proc_wait(&p, 200), -1, "promptd exited after a bad reload");
+
+    write_conf("log.level notice\nkafka.batch.size 9\nkafka.group.id other\n");
+    proc_signal(&p, SIGHUP);
+    cr_expect_eq(harness_wait_text(err, "configuration reloaded: 2 key(s) changed", 10000), 0);
+    cr_expect(file_has(err, "kafka.group.id changed; it takes effect after a restart"));
+
+    proc_signal(&p, SIGTERM);
+    cr_expect_eq(proc_wait(&p, 30000), 0);
+}

@@ -1,0 +1,490 @@
+/*
+ * End to end through the real Kafka protocol: promptd against librdkafka's mock cluster on
+ * loopback TCP, with kcat as an independent client producing prompts and reading
+ * decisions and dead letters. Covers delivery of every id, dead letters with reasons,
+ * kill -9 and SIGTERM in the middle of a stream, backpressure, and reload.
+ */
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <criterion/logging.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../daemon/mockbroker.h"
+#include "harness.h"
+
+#define TOPIC_PROMPTS   "promptd.prompts"
+#define TOPIC_DECISIONS "promptd.decisions"
+#define TOPIC_DEAD      "promptd.dead-letters"
+
+typedef struct {
+    const char *dir;
+    char bootstrap[512];
+    char log[512];
+    MockBroker *broker; /* when the test hosts the cluster itself */
+    Proc promptd;
+    Proc consumer; /* kcat following the decisions */
+    char decisions[512];
+} Run;
+
+static void run_init(Run *r) {
+    memset(r, 0, sizeof *r);
+    r->dir = harness_tmpdir();
+    cr_assert_not_null(r->dir, "cannot make a scratch directory");
+    harness_path(r->log, sizeof r->log, r->dir, "promptd.log");
+    harness_path(r->decisions, sizeof r->decisions, r->dir, "decisions.txt");
+}
+
+static void run_fini(Run *r) {
+    proc_stop(&r->promptd);
+    proc_stop(&r->consumer);
+    mockbroker_stop(r->broker);
+    harness_cleanup();
+}
+
+/* Hosts the mock cluster in the test process, so that it outlives a killed promptd. */
+static void host_broker(Run *r, int partitions) {
+    char err[256];
+    const char *topics[] = {TOPIC_PROMPTS, TOPIC_DECISIONS, TOPIC_DEAD};
+    int rc = mockbroker_start(&r->broker, 3, topics, 3, partitions, err, sizeof err);
+    cr_assert_eq(rc, 0, "mock cluster: %s", err);
+    snprintf(r->bootstrap, sizeof r->bootstrap, "%s", mockbroker_bootstraps(r->broker));
+}
+
+/* Starts promptd with extra --set arguments (NULL-terminated). With no hosted broker it
+ * uses its embedded one and the test reads the bootstrap file it writes. */
+static void start_promptd(Run *r, const char *const *sets) {
+    char *argv[64];
+    char brokers[600], bootfile[600], bootpath[512];
+    int n = 0;
+    argv[n++] = (char *)harness_promptd();
+    if (r->broker) {
+        snprintf(brokers, sizeof brokers, "kafka.brokers=%s", r->bootstrap);
+    } else {
+        harness_path(bootpath, sizeof bootpath, r->dir, "bootstrap");
+        snprintf(brokers, sizeof brokers, "kafka.brokers=embedded");
+        snprintf(bootfile, sizeof bootfile, "kafka.embedded.bootstrap_file=%s", bootpath);
+        argv[n++] = "--set";
+        argv[n++] = bootfile;
+    }
+    argv[n++] = "--set";
+    argv[n++] = brokers;
+    argv[n++] = "--set";
+    argv[n++] = "kafka.consumer.session.timeout.ms=6000";
+    argv[n++] = "--set";
+    argv[n++] = "kafka.consumer.heartbeat.interval.ms=500";
+    for (; sets && *sets; sets++) {
+        argv[n++] = "--set";
+        argv[n++] = (char *)*sets;
+    }
+    argv[n] = NULL;
+    cr_assert_eq(proc_start(&r->promptd, argv, NULL, NULL, r->log), 0);
+
+    if (!r->broker) {
+        cr_assert_eq(harness_wait_file(bootpath, 10000), 0, "promptd wrote no bootstrap file");
+        char *text = harness_read_file(bootpath, NULL);
+        text[strcspn(text, "\n")] = 0;
+        snprintf(r->bootstrap, sizeof r->bootstrap, "%s", text);
+        free(text);
+    }
+}
+
+/* Produces the lines of file; with keyed, each line is "key<TAB>payload". */
+static void kcat_produce_lines(Run *r, const char *topic, const char *file, bool keyed) {
+    Proc kcat;
+    char *argv[] = {"kcat",        "-P", "-b",         r->bootstrap,          "-t",
+                    (char *)topic, "-l", (char *)file, keyed ? "-K\t" : NULL, NULL};
+    cr_assert_eq(proc_start(&kcat, argv, NULL, NULL, NULL), 0);
+    cr_assert_eq(proc_wait(&kcat, 60000), 0, "kcat could not produce %s", file);
+}
+
+static void kcat_produce(Run *r, const char *topic, const char *file) {
+    kcat_produce_lines(r, topic, file, true);
+}
+
+/* kcat produces the lines of file into topic at `rate` per second, in the background,
+ * keyed like kcat_produce. Join the feeder, then wait for the kcat process. */
+static Feeder *kcat_stream(Run *r, Proc *kcat, const char *topic, const char *file, int rate) {
+    int fds[2];
+    cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
+    char *argv[] = {"kcat", "-P", "-b", r->bootstrap, "-t", (char *)topic, "-K\t", NULL};
+    cr_assert_eq(proc_start_fd(kcat, argv, fds[0], NULL, NULL), 0);
+    close(fds[0]);
+    Feeder *f = feeder_start(file, fds[1], rate);
+    cr_assert_not_null(f);
+    return f;
+}
+
+/* kcat follows topic from the beginning, writing "headers<TAB>payload" lines to out. */
+static void kcat_follow(Run *r, Proc *p, const char *topic, const char *out) {
+    char *argv[] = {"kcat",      "-C", "-b", r->bootstrap, "-t",       (char *)topic, "-o",
+                    "beginning", "-u", "-q", "-f",         "%h\t%s\n", NULL};
+    cr_assert_eq(proc_start(p, argv, NULL, out, NULL), 0);
+}
+
+/* --- counting ids in the decisions --- */
+
+typedef struct {
+    int n;
+    int *count;    /* decisions seen per id */
+    char **source; /* promptd-source header of the first decision per id */
+    int unique, duplicates, foreign, mismatched_source;
+} Seen;
+
+static void seen_init(Seen *s, int n) {
+    memset(s, 0, sizeof *s);
+    s->n = n;
+    s->count = calloc((size_t)n, sizeof *s->count);
+    s->source = calloc((size_t)n, sizeof *s->source);
+}
+
+static void seen_free(Seen *s) {
+    for (int i = 0; i < s->n; i++) free(s->source[i]);
+    free(s->count);
+    free(s->source);
+}
+
+/* Takes one "headers<TAB>json" line of the decisions topic. */
+static void seen_add(Seen *s, const char *prefix, char *line) {
+    char *tab = strchr(line, '\t');
+    if (!tab) {
+        s->foreign++;
+        return;
+    }
+    *tab = 0;
+    json_t *d = json_loads(tab + 1, 0, NULL);
+    const char *id = d ? json_string_value(json_object_get(d, "id")) : NULL;
+    size_t plen = strlen(prefix);
+    if (!id || strncmp(id, prefix, plen)) {
+        s->foreign++;
+        json_decref(d);
+        return;
+    }
+    int i = atoi(id + plen);
+    if (i < 0 || i >= s->n) {
+        s->foreign++;
+    } else if (s->count[i]++ == 0) {
+        s->unique++;
+        s->source[i] = strdup(line);
+    } else {
+        s->duplicates++;
+        /* A duplicate is the same input processed twice, so it names the same source. */
+        if (strcmp(s->source[i], line)) s->mismatched_source++;
+    }
+    json_decref(d);
+}
+
+/* Reads decisions until every id is seen or timeout_ms passes. */
+static void seen_collect(Seen *s, Tail *t, const char *prefix, int until_unique, int timeout_ms) {
+    long long deadline = harness_now_ms() + timeout_ms;
+    while (s->unique < until_unique && harness_now_ms() < deadline) {
+        char *line = tail_next(t);
+        if (line)
+            seen_add(s, prefix, line);
+        else
+            usleep(20000);
+    }
+}
+
+static int exit_of_promptd(Run *r, int sig) {
+    proc_signal(&r->promptd, sig);
+    return proc_wait(&r->promptd, 40000);
+}
+
+/* --- tests --- */
+
+Test(stream, every_prompt_gets_a_decision, .timeout = 180) {
+    Run r;
+    char prompts[512];
+    Seen seen;
+    Tail tail;
+    run_init(&r);
+    start_promptd(&r, NULL);
+
+    harness_path(prompts, sizeof prompts, r.dir, "prompts.jsonl");
+    cr_assert_eq(harness_write_prompts(prompts, "p-", 10000), 0);
+    kcat_produce(&r, TOPIC_PROMPTS, prompts);
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, r.decisions);
+
+    seen_init(&seen, 10000);
+    tail_open(&tail, r.decisions);
+    seen_collect(&seen, &tail, "p-", 10000, 90000);
+    cr_expect_eq(seen.unique, 10000, "decisions for %d of 10000 ids", seen.unique);
+    cr_expect_eq(seen.foreign, 0, "%d lines that are not decisions of ours", seen.foreign);
+    cr_log_info("10000 prompts: %d decided, %d duplicates", seen.unique, seen.duplicates);
+
+    cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0, "promptd did not exit 0 on SIGTERM");
+    cr_expect_eq(harness_wait_text(r.log, "decisions=10000 ", 1000), 0,
+                 "the shutdown summary does not count 10000 decisions");
+    tail_close(&tail);
+    seen_free(&seen);
+    run_fini(&r);
+}
+
+/* The decision carries the prompt's id and session and the normalised text. */
+Test(stream, decision_carries_normalised_text, .timeout = 120) {
+    Run r;
+    char prompts[512];
+    Tail tail;
+    run_init(&r);
+    start_promptd(&r, NULL);
+
+    harness_path(prompts, sizeof prompts, r.dir, "one.jsonl");
+    FILE *f = fopen(prompts, "w");
+    fprintf(f, "{\"id\":\"x1\",\"session\":\"inc-7\",\"text\":\"WTG-12  Bearing TEMP 92C\"}\n");
+    fclose(f);
+    kcat_produce_lines(&r, TOPIC_PROMPTS, prompts, false);
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, r.decisions);
+
+    tail_open(&tail, r.decisions);
+    char *line = NULL;
+    for (long long end = harness_now_ms() + 60000; !line && harness_now_ms() < end;)
+        if (!(line = tail_next(&tail))) usleep(20000);
+    cr_assert_not_null(line, "no decision within 60 s");
+
+    char *tab = strchr(line, '\t');
+    cr_assert_not_null(tab);
+    cr_expect(strstr(line, "promptd-source=" TOPIC_PROMPTS "/"), "headers: %s", line);
+    json_t *d = json_loads(tab + 1, 0, NULL);
+    cr_assert_not_null(d, "decision is not JSON: %s", tab + 1);
+    cr_expect_str_eq(json_string_value(json_object_get(d, "id")), "x1");
+    cr_expect_str_eq(json_string_value(json_object_get(d, "session")), "inc-7");
+    cr_expect(json_is_null(json_object_get(d, "template")));
+    cr_expect_str_eq(json_string_value(json_object_get(d, "prompt")),
+                     "wtg-<num> bearing temp <num>");
+    json_decref(d);
+    tail_close(&tail);
+    run_fini(&r);
+}
+
+/* --- dead letters --- */
+
+static const char *const bad_kinds[] = {"invalid_json", "invalid_utf8", "missing_id",
+                                        "missing_text", "too_large"};
+
+/* Writes 20 malformed messages of each kind, each tagged bad-<kind>-<i>, between good
+ * ones. */
+static void write_malformed(const char *path) {
+    FILE *f = fopen(path, "w");
+    for (int i = 0; i < 20; i++) {
+        fprintf(f, "{\"id\":\"good-%d\",\"text\":\"UPS-%d on battery\"}\n", i, i);
+        fprintf(f, "{\"id\":\"bad-invalid_json-%d\",\"text\":\"unterminated\n", i);
+        fprintf(f, "{\"id\":\"bad-invalid_utf8-%d\",\"text\":\"temp \xff\xfe high\"}\n", i);
+        fprintf(f, "{\"tag\":\"bad-missing_id-%d\",\"text\":\"no id here\"}\n", i);
+        fprintf(f, "{\"id\":\"bad-missing_text-%d\",\"body\":\"wrong field\"}\n", i);
+        fprintf(f, "{\"id\":\"bad-too_large-%d\",\"text\":\"", i);
+        for (int j = 0; j < 300; j++) fputs("overheat ", f);
+        fputs("\"}\n", f);
+    }
+    fclose(f);
+}
+
+static int kind_index(const char *reason) {
+    for (int k = 0; k < 5; k++)
+        if (reason && !strcmp(reason, bad_kinds[k])) return k;
+    return -1;
+}
+
+/* The tag bad-<kind>-<i> of a dead letter, from its payload (or base64 payload). */
+static bool payload_has_tag(json_t *dl, const char *kind) {
+    const char *payload = json_string_value(json_object_get(dl, "payload"));
+    const char *b64 = json_string_value(json_object_get(dl, "payload_base64"));
+    char want[64];
+    snprintf(want, sizeof want, "bad-%s-", kind);
+    if (!strcmp(kind, "missing_id")) snprintf(want, sizeof want, "bad-missing_id-");
+    if (payload) return strstr(payload, want) != NULL;
+    if (!b64) return false;
+
+    /* Decode base64 just far enough to look for the tag. */
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t len = strlen(b64), n = 0;
+    char *raw = calloc(len, 1);
+    unsigned v = 0, bits = 0;
+    for (size_t i = 0; i < len && b64[i] != '='; i++) {
+        v = v << 6 | (unsigned)(strchr(alphabet, b64[i]) - alphabet);
+        if ((bits += 6) >= 8) raw[n++] = (char)(v >> (bits -= 8));
+    }
+    bool found = memmem(raw, n, want, strlen(want)) != NULL;
+    free(raw);
+    return found;
+}
+
+Test(stream, malformed_messages_become_dead_letters_with_reasons, .timeout = 180) {
+    Run r;
+    char prompts[512], dead[512];
+    Proc dead_consumer;
+    Tail tail;
+    int per_kind[5] = {0}, tagged = 0, with_source = 0, total = 0;
+    run_init(&r);
+    start_promptd(&r, (const char *const[]){"prompt.max_bytes=1kb", NULL});
+
+    harness_path(prompts, sizeof prompts, r.dir, "malformed.jsonl");
+    harness_path(dead, sizeof dead, r.dir, "dead.txt");
+    write_malformed(prompts);
+    kcat_produce_lines(&r, TOPIC_PROMPTS, prompts, false);
+    kcat_follow(&r, &dead_consumer, TOPIC_DEAD, dead);
+
+    tail_open(&tail, dead);
+    for (long long end = harness_now_ms() + 90000; total < 100 && harness_now_ms() < end;) {
+        char *line = tail_next(&tail);
+        if (!line) {
+            usleep(20000);
+            continue;
+        }
+        char *tab = strchr(line, '\t');
+        json_t *dl = tab ? json_loads(tab + 1, 0, NULL) : NULL;
+        cr_assert_not_null(dl, "dead letter is not JSON: %s", line);
+        total++;
+        int k = kind_index(json_string_value(json_object_get(dl, "reason")));
+        cr_expect_geq(k, 0, "unexpected reason in %s", tab + 1);
+        if (k >= 0) {
+            per_kind[k]++;
+            tagged += payload_has_tag(dl, bad_kinds[k]);
+        }
+        with_source += json_is_string(json_object_get(dl, "topic")) &&
+                       json_is_integer(json_object_get(dl, "partition")) &&
+                       json_is_integer(json_object_get(dl, "offset")) &&
+                       json_string_length(json_object_get(dl, "error")) > 10;
+        json_decref(dl);
+    }
+
+    cr_expect_eq(total, 100, "%d dead letters, expected 100", total);
+    for (int k = 0; k < 5; k++)
+        cr_expect_eq(per_kind[k], 20, "%d dead letters for %s, expected 20", per_kind[k],
+                     bad_kinds[k]);
+    cr_expect_eq(tagged, 100, "only %d dead letters carry their original payload", tagged);
+    cr_expect_eq(with_source, 100, "only %d dead letters name topic, partition, offset, error",
+                 with_source);
+
+    /* The good prompts among them were all decided: bad input never stops the stream. */
+    Seen seen;
+    Tail dtail;
+    seen_init(&seen, 20);
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, r.decisions);
+    tail_open(&dtail, r.decisions);
+    seen_collect(&seen, &dtail, "good-", 20, 30000);
+    cr_expect_eq(seen.unique, 20, "%d of 20 good prompts decided", seen.unique);
+
+    proc_stop(&dead_consumer);
+    tail_close(&tail);
+    tail_close(&dtail);
+    seen_free(&seen);
+    run_fini(&r);
+}
+
+/* --- crashes and shutdown --- */
+
+/* A stream flows at 10,000 prompts/s; promptd is killed while it serves it. */
+Test(stream, kill_9_mid_stream_loses_nothing, .timeout = 300) {
+    Run r;
+    char prompts[512];
+    Seen seen;
+    Tail tail;
+    Proc producer;
+    const int total = 50000;
+    run_init(&r);
+    host_broker(&r, 8);
+    start_promptd(&r, NULL);
+
+    harness_path(prompts, sizeof prompts, r.dir, "prompts.jsonl");
+    cr_assert_eq(harness_write_prompts(prompts, "k-", total), 0);
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, r.decisions);
+    Feeder *feeder = kcat_stream(&r, &producer, TOPIC_PROMPTS, prompts, 10000);
+
+    seen_init(&seen, total);
+    tail_open(&tail, r.decisions);
+    seen_collect(&seen, &tail, "k-", total / 4, 90000);
+    cr_assert_geq(seen.unique, total / 4, "only %d decisions before the kill", seen.unique);
+    int before = seen.unique;
+    proc_signal(&r.promptd, SIGKILL);
+    cr_assert_lt(before, total - 10000, "the stream was nearly over at the kill");
+
+    start_promptd(&r, NULL);
+    feeder_join(feeder);
+    cr_expect_eq(proc_wait(&producer, 30000), 0, "kcat could not produce the stream");
+    seen_collect(&seen, &tail, "k-", total, 120000);
+    cr_log_info("kill -9 after %d of %d decisions: %d decided after restart, %d duplicates", before,
+                total, seen.unique, seen.duplicates);
+    cr_expect_eq(seen.unique, total, "%d of %d ids got no decision", total - seen.unique, total);
+    cr_expect_eq(seen.mismatched_source, 0, "%d duplicates name another input",
+                 seen.mismatched_source);
+    cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0);
+    tail_close(&tail);
+    seen_free(&seen);
+    run_fini(&r);
+}
+
+/* SIGTERM drains and commits: a restart re-reads nothing, so there are no duplicates. */
+Test(stream, sigterm_drains_and_commits_without_duplicates, .timeout = 300) {
+    Run r;
+    char prompts[512];
+    Seen seen;
+    Tail tail;
+    Proc producer;
+    const int total = 20000;
+    run_init(&r);
+    host_broker(&r, 8);
+    start_promptd(&r, NULL);
+
+    harness_path(prompts, sizeof prompts, r.dir, "prompts.jsonl");
+    cr_assert_eq(harness_write_prompts(prompts, "t-", total), 0);
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, r.decisions);
+    Feeder *feeder = kcat_stream(&r, &producer, TOPIC_PROMPTS, prompts, 5000);
+
+    seen_init(&seen, total);
+    tail_open(&tail, r.decisions);
+    seen_collect(&seen, &tail, "t-", total / 4, 90000);
+    cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0, "promptd did not exit 0 on SIGTERM");
+    cr_assert_lt(seen.unique, total - 5000, "the stream was nearly over at SIGTERM");
+
+    start_promptd(&r, NULL);
+    feeder_join(feeder);
+    cr_expect_eq(proc_wait(&producer, 30000), 0, "kcat could not produce the stream");
+    seen_collect(&seen, &tail, "t-", total, 120000);
+    usleep(500000); /* a late duplicate would arrive about now */
+    seen_collect(&seen, &tail, "t-", total + 1, 500);
+    cr_expect_eq(seen.unique, total, "%d ids got no decision", total - seen.unique);
+    cr_expect_eq(seen.duplicates, 0, "%d duplicates after a clean stop", seen.duplicates);
+    tail_close(&tail);
+    seen_free(&seen);
+    run_fini(&r);
+}
+
+/* A slow broker fills the in-flight window: the input is paused, then resumed, and every
+ * prompt is still decided. */
+Test(stream, slow_acknowledgements_pause_and_resume_input, .timeout = 180) {
+    Run r;
+    char prompts[512];
+    Seen seen;
+    Tail tail;
+    const int total = 1000;
+    run_init(&r);
+    host_broker(&r, 4);
+    for (int b = 1; b <= 3; b++) rd_kafka_mock_broker_set_rtt(mockbroker_cluster(r.broker), b, 30);
+    start_promptd(&r, (const char *const[]){"kafka.max_inflight=40", "kafka.batch.size=20", NULL});
+
+    harness_path(prompts, sizeof prompts, r.dir, "prompts.jsonl");
+    cr_assert_eq(harness_write_prompts(prompts, "b-", total), 0);
+    kcat_produce(&r, TOPIC_PROMPTS, prompts);
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, r.decisions);
+
+    seen_init(&seen, total);
+    tail_open(&tail, r.decisions);
+    seen_collect(&seen, &tail, "b-", total, 120000);
+    cr_expect_eq(seen.unique, total, "%d ids got no decision", total - seen.unique);
+
+    cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0);
+    char *log = harness_read_file(r.log, NULL);
+    const char *pauses = log ? strstr(log, "pauses=") : NULL;
+    cr_assert_not_null(pauses, "no shutdown summary in the log");
+    cr_expect_gt(atoi(pauses + 7), 0, "the input was never paused: %.80s", pauses);
+    free(log);
+    tail_close(&tail);
+    seen_free(&seen);
+    run_fini(&r);
+}
