@@ -16,12 +16,13 @@ CFLAGS     ?= -O2 -g
 BUILD      ?= build
 
 # Debian packages, by what needs them.
-DEBS_BUILD := gcc make pkg-config librdkafka-dev libjansson-dev libutf8proc-dev
+DEBS_BUILD := gcc make pkg-config librdkafka-dev libjansson-dev libutf8proc-dev liblua5.4-dev \
+              libxxhash-dev
 DEBS_CHECK := libcriterion-dev kcat clang-format python3
 DEBS_BENCH := kcat
 DEBS       := $(sort $(DEBS_BUILD) $(DEBS_CHECK) $(DEBS_BENCH))
 
-PKGS      := rdkafka jansson libutf8proc
+PKGS      := rdkafka jansson libutf8proc lua5.4 libxxhash
 TEST_PKGS := criterion
 
 # pkg-config runs once, when first needed: after `deps` has installed the packages.
@@ -32,14 +33,18 @@ TEST_CFLAGS = $(call lazy,TEST_CFLAGS,$(PKG_CONFIG) --cflags $(TEST_PKGS))
 TEST_LIBS   = $(call lazy,TEST_LIBS,$(PKG_CONFIG) --libs $(TEST_PKGS))
 
 WARN      := -std=c17 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wvla
-ALL_CFLAGS = $(WARN) -D_GNU_SOURCE -MMD -MP $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
+ALL_CFLAGS = $(WARN) -D_GNU_SOURCE -DPD_DATADIR='"$(datadir)/promptd"' -MMD -MP $(PKG_CFLAGS) \
+             $(CPPFLAGS) $(CFLAGS)
 ALL_LIBS   = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
 SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-KERNEL_SRC := $(wildcard kernels/*.c)
-DAEMON_SRC := $(filter-out daemon/main.c,$(wildcard daemon/*.c))
+KERNELS    := normalize rng
+DAEMON     := config kafka log luacore luapat message mockbroker offsets pack packwatch pd \
+              pipeline sandbox stats
+KERNEL_SRC := $(KERNELS:%=kernels/%.c)
+DAEMON_SRC := $(DAEMON:%=daemon/%.c)
 LIB_SRC    := $(KERNEL_SRC) $(DAEMON_SRC)
-UNIT_TESTS := config normalize message offsets log
+UNIT_TESTS := config normalize message offsets log rng luapat lua
 INTEG_TESTS := cli stream
 TEST_HELPERS := tests/harness.c
 
@@ -48,11 +53,13 @@ LIB_OBJ_SAN  := $(LIB_SRC:%.c=$(BUILD)/san/%.o)
 UNIT_BINS    := $(UNIT_TESTS:%=$(BUILD)/tests/test_%)
 UNIT_BINS_SAN := $(UNIT_TESTS:%=$(BUILD)/san/tests/test_%)
 INTEG_BINS   := $(INTEG_TESTS:%=$(BUILD)/tests/test_%)
-FORMAT_SRC   := $(wildcard daemon/*.[ch] kernels/*.[ch] tests/*.[ch] bench/*.[ch])
+FORMAT_SRC   := $(wildcard daemon/*.[ch] $(KERNEL_SRC) $(KERNEL_SRC:.c=.h) tests/*.[ch] bench/*.[ch])
 
 .PHONY: all deps check check-unit check-integration check-format format demo bench install \
         clean
 .DEFAULT_GOAL := all
+# Keep objects between runs: they are intermediate files of the pattern rules.
+.SECONDARY:
 
 all: deps
 	@$(MAKE) --no-print-directory $(BUILD)/promptd
@@ -125,18 +132,26 @@ demo: deps
 	@$(MAKE) --no-print-directory $(BUILD)/promptd
 	@sh scripts/demo.sh $(BUILD)/promptd
 
+BENCHES := stream lua
+
 bench: deps
-	@$(MAKE) --no-print-directory $(BUILD)/promptd $(BUILD)/bench/bench_stream
+	@$(MAKE) --no-print-directory $(BUILD)/promptd $(BENCHES:%=$(BUILD)/bench/bench_%)
 	@$(BUILD)/bench/bench_stream $(BUILD)/promptd
+	@$(BUILD)/bench/bench_lua
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
 
 install: $(BUILD)/promptd
-	install -d $(DESTDIR)$(bindir) $(DESTDIR)$(sysconfdir)/promptd
+	install -d $(DESTDIR)$(bindir) $(DESTDIR)$(sysconfdir)/promptd $(DESTDIR)$(datadir)/promptd/lua
 	install -m 0755 $(BUILD)/promptd $(DESTDIR)$(bindir)/promptd
 	install -m 0644 conf/promptd.conf $(DESTDIR)$(sysconfdir)/promptd/promptd.conf
+	install -m 0644 lua/*.lua $(DESTDIR)$(datadir)/promptd/lua/
+	for pack in policies/*/; do \
+	    install -d $(DESTDIR)$(datadir)/promptd/$$pack; \
+	    install -m 0644 $$pack*.lua $(DESTDIR)$(datadir)/promptd/$$pack; \
+	done
 
 clean:
 	rm -rf $(BUILD)

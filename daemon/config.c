@@ -69,6 +69,24 @@ static const KeyDef keys[] = {
      "partitions of each topic the embedded cluster creates"},
     {"kafka.embedded.bootstrap_file", T_STR, "", 0, PATH_MAX, false, F(embedded_bootstrap_file),
      NULL, "file to write the embedded cluster's bootstrap address to (empty: none)"},
+    {"policy.pack", T_STR, "", 0, PATH_MAX, false, F(policy_pack), NULL,
+     "directory of the policy pack (empty: the shipped alarm pack)"},
+    {"policy.lib", T_STR, "", 0, PATH_MAX, false, F(policy_lib), NULL,
+     "directory of the Lua helper library (empty: the shipped one)"},
+    {"policy.watch", T_BOOL, "yes", 0, 1, true, F(policy_watch), NULL,
+     "reload the pack when its files change (SIGHUP reloads it either way)"},
+    {"policy.seed", T_INT, "0", 0, INT64_MAX, false, F(policy_seed), NULL,
+     "seed of the template sampler (0: a random seed at each start)"},
+    {"lua.memory", T_SIZE, "64mb", 1 * MB, 4096 * MB, true, F(lua_memory), NULL,
+     "memory one pack's Lua state may hold"},
+    {"lua.instructions", T_INT, "1000000", 1000, 10000000000, true, F(lua_instructions), NULL,
+     "Lua instructions one call (render, reward, ...) may run"},
+    {"lua.time", T_DURATION, "50ms", 1, 60 * SEC, true, F(lua_time_ms), NULL,
+     "wall-clock time one call may take"},
+    {"lua.max_depth", T_INT, "200", 10, 100000, true, F(lua_max_depth), NULL,
+     "Lua call depth a script may reach"},
+    {"lua.max_string", T_SIZE, "1mb", 1 * KB, 1024 * MB, true, F(lua_max_string), NULL,
+     "largest string string.rep may build"},
     {"prompt.max_bytes", T_SIZE, "64kb", 16, 16 * MB, true, F(prompt_max_bytes), NULL,
      "larger prompt messages go to the dead-letter topic"},
     {"dead_letter.max_payload", T_SIZE, "512kb", 1 * KB, 16 * MB, true, F(dead_letter_max_payload),
@@ -76,7 +94,7 @@ static const KeyDef keys[] = {
     {"log.level", T_LEVEL, "info", PD_LOG_EMERG, PD_LOG_DEBUG, true, F(log_level), NULL,
      "emerg, alert, crit, err, warning, notice, info or debug"},
     {"log.debug", T_MODULES, "", 0, 1024, true, F(log_debug), validate_modules,
-     "modules whose debug lines are logged: main,config,kafka,rdkafka,broker,pipeline or all"},
+     "debug lines of these modules: main,config,kafka,rdkafka,broker,pipeline,lua or all"},
     {"log.ratelimit.burst", T_INT, "5", 0, 1000000, true, F(log_ratelimit_burst), NULL,
      "identical warnings or errors logged per interval before the rest are counted (0: off)"},
     {"log.ratelimit.interval", T_DURATION, "10s", 1, 1440 * MIN, true, F(log_ratelimit_interval_ms),
@@ -245,7 +263,7 @@ static int validate_modules(const KeyDef *def, const char *value, char *err, siz
     char bad[64];
     if (pd_log_debug_parse(value, &mask, bad, sizeof bad) == 0) return 0;
     snprintf(err, errlen,
-             "unknown module '%s'; known: main, config, kafka, rdkafka, broker, pipeline, all",
+             "unknown module '%s'; known: main, config, kafka, rdkafka, broker, pipeline, lua, all",
              bad);
     return -1;
 }

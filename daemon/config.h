@@ -49,6 +49,17 @@ typedef struct Config {
     ConfigProps consumer_props;
     ConfigProps producer_props;
 
+    /* policy packs */
+    char *policy_pack; /* "" = the shipped pack in the data directory */
+    char *policy_lib;  /* "" = the helper library in the data directory */
+    int64_t policy_watch;
+    int64_t policy_seed;
+    int64_t lua_memory;
+    int64_t lua_instructions;
+    int64_t lua_time_ms;
+    int64_t lua_max_depth;
+    int64_t lua_max_string;
+
     /* messages */
     int64_t prompt_max_bytes;
     int64_t dead_letter_max_payload;

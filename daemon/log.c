@@ -21,6 +21,7 @@ static const char *const level_names[] = {"emerg",   "alert",  "crit", "err",
 static const char *const module_names[PD_MOD_COUNT] = {
     [PD_MOD_MAIN] = "main",       [PD_MOD_CONFIG] = "config", [PD_MOD_KAFKA] = "kafka",
     [PD_MOD_RDKAFKA] = "rdkafka", [PD_MOD_BROKER] = "broker", [PD_MOD_PIPELINE] = "pipeline",
+    [PD_MOD_LUA] = "lua",
 };
 
 /* One repeated problem: lines whose text is the same once digits are ignored. */

@@ -38,6 +38,7 @@ typedef enum {
     PD_MOD_RDKAFKA, /* lines from librdkafka itself */
     PD_MOD_BROKER,  /* the embedded mock cluster */
     PD_MOD_PIPELINE,
+    PD_MOD_LUA, /* policy packs and their sandbox */
     PD_MOD_COUNT
 } PdLogModule;
 

@@ -8,6 +8,7 @@
  */
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,8 @@
 #include "kafka.h"
 #include "log.h"
 #include "mockbroker.h"
+#include "pack.h"
+#include "packwatch.h"
 #include "pd.h"
 #include "pipeline.h"
 #include "stats.h"
@@ -40,7 +43,8 @@ static void usage(FILE *out) {
             "  -c, --config FILE     read the configuration from FILE (default: built-in\n"
             "                        defaults: embedded broker, in-process cache)\n"
             "  -o, --set KEY=VALUE   set a configuration key, after the file (repeatable)\n"
-            "  -t, --check           validate the configuration and exit: 0 when good,\n"
+            "  -t, --check           validate the configuration and the policy pack and exit: 0\n"
+            "                        when good,\n"
             "                        78 on an error, printed as file:line: key: what is wrong\n"
             "      --dump-config     print the effective configuration and exit\n"
             "      --help-config     print every configuration key with its default and exit\n"
@@ -48,7 +52,7 @@ static void usage(FILE *out) {
             "  -h, --help            print this help and exit\n"
             "\n"
             "Signals: SIGTERM and SIGINT drain in-flight prompts, commit and exit 0;\n"
-            "SIGHUP reloads the configuration's reloadable keys.\n");
+            "SIGHUP reloads the configuration's reloadable keys and the policy pack.\n");
 }
 
 static int parse_options(int argc, char **argv, Options *o) {
@@ -104,6 +108,39 @@ static int load_config(Config *c, const Options *o, ConfigErrors *errs) {
     return errs->count;
 }
 
+/* The pack and helper-library directories: configured, or the shipped ones. */
+static void pack_paths(const Config *c, char *pack, char *lib, size_t len) {
+    if (c->policy_pack[0])
+        snprintf(pack, len, "%s", c->policy_pack);
+    else
+        snprintf(pack, len, "%s/policies/alarm", pd_datadir());
+    if (c->policy_lib[0])
+        snprintf(lib, len, "%s", c->policy_lib);
+    else
+        snprintf(lib, len, "%s/lua", pd_datadir());
+}
+
+static SandboxLimits limits_of(const Config *c) {
+    return (SandboxLimits){
+        .memory = (size_t)c->lua_memory,
+        .instructions = (uint64_t)c->lua_instructions,
+        .time_ms = (uint64_t)c->lua_time_ms,
+        .max_depth = (int)c->lua_max_depth,
+        .max_string = (size_t)c->lua_max_string,
+    };
+}
+
+/* Loads the configured pack; an error is reported like a configuration error, at the line
+ * that names the pack. */
+static Pack *load_pack(const Config *c, ConfigErrors *errs) {
+    char dir[PATH_MAX], lib[PATH_MAX], err[1024];
+    SandboxLimits limits = limits_of(c);
+    pack_paths(c, dir, lib, sizeof dir);
+    Pack *p = pack_load(dir, lib, &limits, err, sizeof err);
+    if (!p) config_error(errs, config_origin(c, "policy.pack"), "policy.pack", "%s", err);
+    return p;
+}
+
 static void apply_logging(const Config *c) {
     uint32_t mask = 0;
     char bad[64];
@@ -140,6 +177,8 @@ typedef struct {
     Config config;
     MockBroker *broker;
     Kafka *kafka;
+    Pack *pack; /* the pack serving now */
+    PackWatch *packwatch;
     Pipeline *pipeline;
     rd_kafka_message_t **batch;
     size_t batch_cap;
@@ -168,12 +207,16 @@ static void reload(Service *s) {
         pd_log(PD_LOG_ERR, PD_MOD_CONFIG, "reload refused, the running configuration stays: %s",
                errs.text);
         config_free(&fresh);
+        packwatch_request(s->packwatch); /* the pack reloads on its own merits */
         return;
     }
 
     int applied = config_apply_reload(&s->config, &fresh, note_restart_needed, NULL);
     config_free(&fresh);
     apply_logging(&s->config);
+    SandboxLimits limits = limits_of(&s->config);
+    packwatch_set_limits(s->packwatch, &limits);
+    packwatch_request(s->packwatch);
     kafka_reconfigure(s->kafka, &s->config);
     pipeline_reconfigure(s->pipeline, &s->config);
     if (resize_batch(s)) s->config.batch_size = (int64_t)s->batch_cap;
@@ -206,16 +249,39 @@ static int start_broker(Service *s, const char **brokers) {
     return 0;
 }
 
+static int start_pack(Service *s) {
+    char dir[PATH_MAX], lib[PATH_MAX], err[1024];
+    ConfigErrors errs = {0};
+    s->pack = load_pack(&s->config, &errs);
+    if (!s->pack) {
+        pd_log(PD_LOG_ERR, PD_MOD_LUA, "%s", errs.text);
+        return PD_EXIT_CONFIG;
+    }
+    pd_log(PD_LOG_NOTICE, PD_MOD_LUA, "pack %s version %s: %zu templates", pack_name(s->pack),
+           pack_version(s->pack), pack_template_count(s->pack));
+
+    pack_paths(&s->config, dir, lib, sizeof dir);
+    PackWatchConfig wc = {dir, lib, limits_of(&s->config), s->config.policy_watch != 0,
+                          pack_version(s->pack)};
+    if (packwatch_start(&s->packwatch, &wc, err, sizeof err)) {
+        pd_log(PD_LOG_ERR, PD_MOD_LUA, "%s", err);
+        return PD_EXIT_SOFTWARE;
+    }
+    return PD_EXIT_OK;
+}
+
 static int start(Service *s) {
     char err[1024];
     const char *brokers;
+    int code = start_pack(s);
+    if (code) return code;
     if (start_broker(s, &brokers)) return PD_EXIT_TEMPFAIL;
 
     if (kafka_open(&s->kafka, &s->config, brokers, err, sizeof err)) {
         pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "%s", err);
         return PD_EXIT_TEMPFAIL;
     }
-    s->pipeline = pipeline_new(&s->config, s->kafka);
+    s->pipeline = pipeline_new(&s->config, s->kafka, s->pack);
     if (!s->pipeline || resize_batch(s)) {
         pd_log(PD_LOG_ERR, PD_MOD_MAIN, "out of memory at start-up");
         return PD_EXIT_SOFTWARE;
@@ -225,6 +291,16 @@ static int start(Service *s) {
            s->config.topic_prompts, s->config.topic_decisions, s->config.topic_dead_letters,
            s->config.kafka_group_id);
     return PD_EXIT_OK;
+}
+
+/* Between batches: a newly checked pack replaces the serving one, which goes back to the
+ * loader thread to be closed. */
+static void swap_pack(Service *s) {
+    Pack *fresh = packwatch_take(s->packwatch);
+    if (!fresh) return;
+    Pack *old = pipeline_swap_pack(s->pipeline, fresh);
+    s->pack = fresh;
+    packwatch_retire(s->packwatch, old);
 }
 
 /* The serving loop: poll a batch, run it, serve acknowledgements; until asked to stop. */
@@ -250,6 +326,7 @@ static int serve(Service *s) {
             reload_requested = 0;
             reload(s);
         }
+        swap_pack(s);
         if (pd_mono_ms() >= next_tick) {
             pd_log_tick();
             next_tick = pd_mono_ms() + 1000;
@@ -263,11 +340,14 @@ static void log_summary(size_t unacked) {
     for (int r = 0; r < MSG_REASON_COUNT; r++) dead += pd_read(&pd_stats.dead_letters_acked[r]);
     pd_log(PD_LOG_NOTICE, PD_MOD_MAIN,
            "stopped: prompts=%" PRIu64 " decisions=%" PRIu64 " dead_letters=%" PRIu64
-           " unacked=%zu produce_failures=%" PRIu64 " pauses=%" PRIu64 " rebalances=%" PRIu64,
+           " unacked=%zu produce_failures=%" PRIu64 " pauses=%" PRIu64 " rebalances=%" PRIu64
+           " pack_reloads=%" PRIu64 " pack_refused=%" PRIu64 " render_errors=%" PRIu64,
            (uint64_t)pd_read(&pd_stats.prompts_consumed),
            (uint64_t)pd_read(&pd_stats.decisions_acked), dead, unacked,
            (uint64_t)pd_read(&pd_stats.produce_failures), (uint64_t)pd_read(&pd_stats.pauses),
-           (uint64_t)pd_read(&pd_stats.rebalances));
+           (uint64_t)pd_read(&pd_stats.rebalances), (uint64_t)pd_read(&pd_stats.pack_reloads_ok),
+           (uint64_t)pd_read(&pd_stats.pack_reloads_failed),
+           (uint64_t)pd_read(&pd_stats.render_errors));
 }
 
 /* Drains in-flight outputs, commits, and frees everything. */
@@ -283,6 +363,8 @@ static void stop(Service *s) {
         kafka_close(s->kafka);
     }
     pipeline_free(s->pipeline);
+    packwatch_stop(s->packwatch);
+    pack_free(s->pack);
     mockbroker_stop(s->broker);
     log_summary(unacked);
     free(s->batch);
@@ -301,9 +383,20 @@ int main(int argc, char **argv) {
         config_free(&s.config);
         return PD_EXIT_CONFIG;
     }
+    if (s.opts.check) {
+        Pack *p = load_pack(&s.config, &errs);
+        if (!p) {
+            fputs(errs.text, stderr);
+            config_free(&s.config);
+            free(s.opts.overrides);
+            return PD_EXIT_CONFIG;
+        }
+        printf("promptd: configuration is valid; pack %s version %s has %zu templates\n",
+               pack_name(p), pack_version(p), pack_template_count(p));
+        pack_free(p);
+    }
     if (s.opts.check || s.opts.dump) {
         if (s.opts.dump) config_dump(&s.config, stdout);
-        if (s.opts.check) printf("promptd: configuration is valid\n");
         config_free(&s.config);
         free(s.opts.overrides);
         return PD_EXIT_OK;

@@ -18,6 +18,8 @@ static const char *const reason_names[MSG_REASON_COUNT] = {
     [MSG_MISSING_TEXT] = "missing_text",
     [MSG_INVALID_TEXT] = "invalid_text",
     [MSG_INVALID_FIELD] = "invalid_field",
+    [MSG_NO_TEMPLATE] = "no_template",
+    [MSG_RENDER_ERROR] = "render_error",
 };
 
 const char *msg_reason_name(MsgReason reason) {
@@ -279,17 +281,30 @@ static int put_int(MsgBuf *b, int64_t v) {
     return 0;
 }
 
-int msg_encode_decision(MsgBuf *out, const Prompt *p, const char *template_name,
-                        const char *prompt_text, size_t prompt_len, int64_t ts_ms) {
+/* A probability with enough digits to recompute importance weights exactly enough, and
+ * no more: 1/3 prints as 0.333333333333. */
+static int put_probability(MsgBuf *b, double p) {
+    char tmp[32];
+    int n = snprintf(tmp, sizeof tmp, "%.12g", p);
+    if (buf_reserve(b, (size_t)n)) return -1;
+    put(b, tmp, (size_t)n);
+    return 0;
+}
+
+int msg_encode_decision(MsgBuf *out, const Prompt *p, const Decision *d) {
     out->len = 0;
     int bad = put_raw(out, "{\"id\":") || put_string(out, p->id, p->id_len);
     if (p->session)
         bad = bad || put_raw(out, ",\"session\":") || put_string(out, p->session, p->session_len);
     bad = bad || put_raw(out, ",\"template\":") ||
-          (template_name ? put_string(out, template_name, strlen(template_name))
-                         : put_raw(out, "null"));
-    bad = bad || put_raw(out, ",\"prompt\":") || put_string(out, prompt_text, prompt_len);
-    bad = bad || put_raw(out, ",\"ts\":") || put_int(out, ts_ms) || put_raw(out, "}");
+          put_string(out, d->template_name, strlen(d->template_name));
+    bad = bad || put_raw(out, ",\"prompt\":") || put_string(out, d->prompt, d->prompt_len);
+    bad = bad || put_raw(out, ",\"p\":") || put_probability(out, d->p);
+    bad = bad || put_raw(out, ",\"pack\":") || put_string(out, d->pack, strlen(d->pack));
+    bad = bad || put_raw(out, ",\"script_version\":") ||
+          put_string(out, d->script_version, strlen(d->script_version));
+    bad = bad || put_raw(out, ",\"policy_version\":") || put_int(out, d->policy_version);
+    bad = bad || put_raw(out, ",\"ts\":") || put_int(out, d->ts_ms) || put_raw(out, "}");
     return bad ? -1 : 0;
 }
 

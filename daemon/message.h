@@ -2,7 +2,8 @@
  * The wire formats: decoding a prompt, encoding a decision and a dead letter (JSON, UTF-8).
  *
  *   prompt:      {"id": "...", "text": "...", "session": "...", "attrs": {...}}
- *   decision:    {"id", "session"?, "template", "prompt", "ts"}
+ *   decision:    {"id", "session"?, "template", "prompt", "p", "pack", "script_version",
+ *                 "policy_version", "ts"}
  *   dead letter: {"reason", "error", "topic", "partition", "offset", "timestamp",
  *                 "payload" | "payload_base64", "payload_bytes", "payload_truncated"}
  *
@@ -29,6 +30,8 @@ typedef enum {
     MSG_MISSING_TEXT,
     MSG_INVALID_TEXT,
     MSG_INVALID_FIELD,
+    MSG_NO_TEMPLATE,  /* the pack has no template eligible for this prompt */
+    MSG_RENDER_ERROR, /* the chosen template's render() failed */
     MSG_REASON_COUNT
 } MsgReason;
 
@@ -62,10 +65,20 @@ typedef struct {
 
 void msg_buf_free(MsgBuf *b);
 
-/* Encodes the decision for p into out. normalized is the normalised text; template is the
- * chosen template's name, or NULL while no selection exists. Returns 0 or -1 (no memory). */
-int msg_encode_decision(MsgBuf *out, const Prompt *p, const char *template_name,
-                        const char *prompt_text, size_t prompt_len, int64_t ts_ms);
+/* What was decided for a prompt. */
+typedef struct {
+    const char *template_name; /* the chosen template */
+    const char *prompt;        /* the rendered prompt */
+    size_t prompt_len;
+    double p;                   /* the probability the logging policy gave the choice */
+    const char *pack;           /* the pack's name */
+    const char *script_version; /* the pack's version (a hash of its files) */
+    int64_t policy_version;     /* 0: the uniform logging policy */
+    int64_t ts_ms;              /* when the decision was made */
+} Decision;
+
+/* Encodes the decision d for prompt p into out. Returns 0 or -1 (no memory). */
+int msg_encode_decision(MsgBuf *out, const Prompt *p, const Decision *d);
 
 /* Where a message came from. */
 typedef struct {

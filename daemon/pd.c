@@ -1,9 +1,14 @@
-/* Shared helpers of the daemon: clocks, assertions, start-up allocation. */
+/* Shared helpers of the daemon: clocks, assertions, start-up allocation, data paths. */
 #include "pd.h"
 
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 
@@ -37,4 +42,36 @@ char *pd_xstrdup(const char *s) {
     char *copy = pd_xcalloc(1, len);
     memcpy(copy, s, len);
     return copy;
+}
+
+#ifndef PD_DATADIR
+#define PD_DATADIR "/usr/local/share/promptd"
+#endif
+
+/* A binary in <tree>/build/ serves the data of <tree>, so that a fresh checkout runs
+ * without installing anything. */
+static bool in_source_tree(char *dir, size_t len) {
+    char exe[PATH_MAX], probe[PATH_MAX + 32];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return false;
+    exe[n] = 0;
+
+    for (int up = 0; up < 2; up++) {
+        char *slash = strrchr(exe, '/');
+        if (!slash) return false;
+        *slash = 0;
+    }
+    struct stat st;
+    snprintf(probe, sizeof probe, "%s/policies", exe);
+    if (stat(probe, &st) || !S_ISDIR(st.st_mode)) return false;
+    snprintf(dir, len, "%s", exe);
+    return true;
+}
+
+const char *pd_datadir(void) {
+    static char dir[PATH_MAX];
+    const char *env = getenv("PROMPTD_DATADIR");
+    if (env && *env) return env;
+    if (!dir[0] && !in_source_tree(dir, sizeof dir)) snprintf(dir, sizeof dir, "%s", PD_DATADIR);
+    return dir;
 }

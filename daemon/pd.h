@@ -51,6 +51,11 @@ static inline uint64_t pd_mono_ms(void) {
 /* Wall clock in milliseconds since the epoch, for timestamps in messages. */
 int64_t pd_wall_ms(void);
 
+/* Where the shipped data lives (policies/, lua/, the default model): $PROMPTD_DATADIR if
+ * set; else the source tree when the binary runs from its build directory; else the
+ * directory chosen at build time (PD_DATADIR). */
+const char *pd_datadir(void);
+
 /* Allocation that aborts on failure. Only for small, bounded allocations at start-up, where
  * running out of memory leaves nothing sensible to do; per-message paths handle NULL. */
 void *pd_xcalloc(size_t n, size_t size);

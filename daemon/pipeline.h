@@ -1,8 +1,11 @@
 /*
  * The serving pipeline: a batch of prompt messages in, one decision or one dead letter out
- * per message. Stages run over the whole batch in turn (decode, normalise, then produce) so
- * that later stages can work on the batch at once, as the encoder's batched forward pass
- * needs.
+ * per message. Stages run over the whole batch in turn (decode, normalise, select and
+ * render, produce), so that a stage can work on the batch at once, as the encoder's
+ * batched forward pass needs.
+ *
+ * Selection is uniform among the templates the pack finds eligible, and the decision
+ * records that probability: a real logging policy, until the learned one replaces it.
  *
  * Runs on the serving thread only.
  */
@@ -14,11 +17,15 @@
 
 #include "config.h"
 #include "kafka.h"
+#include "pack.h"
 
 typedef struct Pipeline Pipeline;
 
-/* Returns NULL when out of memory. k is borrowed and must outlive the pipeline. */
-Pipeline *pipeline_new(const Config *c, Kafka *k);
+/* Returns NULL when out of memory. k and pack are borrowed and must outlive their use. */
+Pipeline *pipeline_new(const Config *c, Kafka *k, Pack *pack);
+
+/* Serves from pack from the next batch on; returns the pack it replaces. */
+Pack *pipeline_swap_pack(Pipeline *p, Pack *pack);
 void pipeline_free(Pipeline *p);
 
 /* Picks up reloadable settings (prompt.max_bytes, dead_letter.max_payload). */

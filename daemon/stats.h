@@ -22,6 +22,15 @@ typedef struct {
     atomic_uint_fast64_t offset_store_errors;
     atomic_uint_fast64_t consumer_errors; /* error events from the consumer */
     atomic_uint_fast64_t rebalances;
+
+    /* policy packs */
+    atomic_uint_fast64_t pack_reloads_ok;
+    atomic_uint_fast64_t pack_reloads_failed;
+    atomic_uint_fast64_t pack_last_reload_ok; /* 1 or 0 */
+    atomic_uint_fast64_t pack_last_reload_ms; /* wall clock of the last good reload */
+    atomic_uint_fast64_t render_errors;
+    atomic_uint_fast64_t eligible_errors;
+    atomic_uint_fast64_t no_template;
 } PdStats;
 
 extern PdStats pd_stats;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "harness.h"
 
@@ -88,6 +89,29 @@ Test(cli, check_reports_file_line_key_and_exits_78) {
     snprintf(want, sizeof want, "%s:4: kafka.consumer.session.timeout.ms: librdkafka refused",
              conf);
     cr_expect(file_has(err, want), "stderr lacks: %s", want);
+}
+
+Test(cli, check_refuses_a_broken_pack_with_its_file_and_line) {
+    char pack[600], init[700];
+    snprintf(pack, sizeof pack, "%s/broken", dir);
+    mkdir(pack, 0755);
+    snprintf(init, sizeof init, "%s/init.lua", pack);
+    FILE *f = fopen(init, "w");
+    fputs("return {\n  templates = {\n    { name = 't', about = 'x', render = function( }\n", f);
+    fclose(f);
+
+    char conf_text[800];
+    snprintf(conf_text, sizeof conf_text, "\npolicy.pack %s\n", pack);
+    const char *conf = write_conf(conf_text);
+    cr_expect_eq(run((const char *[]){"--check", "--config", conf, NULL}), 78);
+    char want[2048];
+    snprintf(want, sizeof want, "%s:2: policy.pack: pack broken (%s): broken/init.lua:3:", conf,
+             pack);
+    cr_expect(file_has(err, want), "stderr lacks: %s", want);
+
+    cr_expect_eq(run((const char *[]){"--check", "--set", "policy.pack=policies/support", NULL}),
+                 0);
+    cr_expect(file_has(out, "pack support version"));
 }
 
 Test(cli, set_overrides_are_checked_too) {

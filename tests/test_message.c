@@ -101,6 +101,8 @@ Test(message, reason_names_are_stable) {
     cr_expect_str_eq(msg_reason_name(MSG_MISSING_ID), "missing_id");
     cr_expect_str_eq(msg_reason_name(MSG_MISSING_TEXT), "missing_text");
     cr_expect_str_eq(msg_reason_name(MSG_TOO_LARGE), "too_large");
+    cr_expect_str_eq(msg_reason_name(MSG_NO_TEMPLATE), "no_template");
+    cr_expect_str_eq(msg_reason_name(MSG_RENDER_ERROR), "render_error");
     cr_expect_str_eq(msg_reason_name(MSG_REASON_COUNT), "unknown");
 }
 
@@ -109,15 +111,33 @@ Test(message, reason_names_are_stable) {
 Test(message, decision_round_trips_through_json) {
     MsgBuf out = {0};
     cr_assert_eq(decode("{\"id\":\"q\\\"1\",\"text\":\"x\",\"session\":\"s\"}"), MSG_OK);
-    cr_assert_eq(msg_encode_decision(&out, &p, NULL, "wtg-<num> 温度", 16, 1234), 0);
-    json_t *d = json_loadb(out.data, out.len, 0, NULL);
-    cr_assert_not_null(d, "not JSON: %.*s", (int)out.len, out.data);
-    cr_expect_str_eq(json_string_value(json_object_get(d, "id")), "q\"1");
-    cr_expect_str_eq(json_string_value(json_object_get(d, "session")), "s");
-    cr_expect(json_is_null(json_object_get(d, "template")));
-    cr_expect_str_eq(json_string_value(json_object_get(d, "prompt")), "wtg-<num> 温度");
-    cr_expect_eq(json_integer_value(json_object_get(d, "ts")), 1234);
-    json_decref(d);
+    Decision d = {"triage", "Alarm: 温度 high", 18, 1.0 / 3, "alarm", "00ff00ff00ff00ff", 0, 1234};
+    cr_assert_eq(msg_encode_decision(&out, &p, &d), 0);
+    json_t *j = json_loadb(out.data, out.len, 0, NULL);
+    cr_assert_not_null(j, "not JSON: %.*s", (int)out.len, out.data);
+    cr_expect_str_eq(json_string_value(json_object_get(j, "id")), "q\"1");
+    cr_expect_str_eq(json_string_value(json_object_get(j, "session")), "s");
+    cr_expect_str_eq(json_string_value(json_object_get(j, "template")), "triage");
+    cr_expect_str_eq(json_string_value(json_object_get(j, "prompt")), "Alarm: 温度 high");
+    cr_expect_float_eq(json_real_value(json_object_get(j, "p")), 1.0 / 3, 1e-12);
+    cr_expect_str_eq(json_string_value(json_object_get(j, "pack")), "alarm");
+    cr_expect_str_eq(json_string_value(json_object_get(j, "script_version")), "00ff00ff00ff00ff");
+    cr_expect_eq(json_integer_value(json_object_get(j, "policy_version")), 0);
+    cr_expect_eq(json_integer_value(json_object_get(j, "ts")), 1234);
+    json_decref(j);
+    msg_prompt_free(&p);
+    msg_buf_free(&out);
+}
+
+Test(message, decision_probability_one_is_a_json_number) {
+    MsgBuf out = {0};
+    cr_assert_eq(decode("{\"id\":\"a\",\"text\":\"x\"}"), MSG_OK);
+    Decision d = {"only", "x", 1, 1.0, "p", "v", 0, 1};
+    cr_assert_eq(msg_encode_decision(&out, &p, &d), 0);
+    json_t *j = json_loadb(out.data, out.len, 0, NULL);
+    cr_assert_not_null(j, "not JSON: %.*s", (int)out.len, out.data);
+    cr_expect_float_eq(json_number_value(json_object_get(j, "p")), 1.0, 1e-12);
+    json_decref(j);
     msg_prompt_free(&p);
     msg_buf_free(&out);
 }
@@ -128,17 +148,18 @@ Test(message, decision_escapes_every_control_character) {
     for (int i = 0; i < 32; i++) text[i] = (char)(i + 1 == 32 ? '\\' : i + 1);
     memcpy(text + 32, "\"end\"", 5);
     cr_assert_eq(decode("{\"id\":\"c\",\"text\":\"x\"}"), MSG_OK);
-    cr_assert_eq(msg_encode_decision(&out, &p, "triage", text, 37, -5), 0);
+    Decision d = {"tri\"age", text, 37, 0.5, "pack", "v1", 7, -5};
+    cr_assert_eq(msg_encode_decision(&out, &p, &d), 0);
     json_error_t jerr;
-    json_t *d = json_loadb(out.data, out.len, 0, &jerr);
-    cr_assert_not_null(d, "%s in %.*s", jerr.text, (int)out.len, out.data);
-    json_t *prompt = json_object_get(d, "prompt");
+    json_t *j = json_loadb(out.data, out.len, 0, &jerr);
+    cr_assert_not_null(j, "%s in %.*s", jerr.text, (int)out.len, out.data);
+    json_t *prompt = json_object_get(j, "prompt");
     cr_expect_eq(json_string_length(prompt), 37);
     cr_expect_eq(memcmp(json_string_value(prompt), text, 37), 0, "escaping changed the text");
-    cr_expect_str_eq(json_string_value(json_object_get(d, "template")), "triage");
-    cr_expect_null(json_object_get(d, "session"));
-    cr_expect_eq(json_integer_value(json_object_get(d, "ts")), -5);
-    json_decref(d);
+    cr_expect_str_eq(json_string_value(json_object_get(j, "template")), "tri\"age");
+    cr_expect_null(json_object_get(j, "session"));
+    cr_expect_eq(json_integer_value(json_object_get(j, "ts")), -5);
+    json_decref(j);
     msg_prompt_free(&p);
     msg_buf_free(&out);
 }
