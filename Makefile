@@ -17,12 +17,12 @@ BUILD      ?= build
 
 # Debian packages, by what needs them.
 DEBS_BUILD := gcc make pkg-config librdkafka-dev libjansson-dev libutf8proc-dev liblua5.4-dev \
-              libxxhash-dev
+              libxxhash-dev zlib1g-dev
 DEBS_CHECK := libcriterion-dev kcat clang-format python3
 DEBS_BENCH := kcat
 DEBS       := $(sort $(DEBS_BUILD) $(DEBS_CHECK) $(DEBS_BENCH))
 
-PKGS      := rdkafka jansson libutf8proc lua5.4 libxxhash
+PKGS      := rdkafka jansson libutf8proc lua5.4 libxxhash zlib
 TEST_PKGS := criterion
 
 # pkg-config runs once, when first needed: after `deps` has installed the packages.
@@ -39,12 +39,12 @@ ALL_LIBS   = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
 SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 KERNELS    := normalize rng
-DAEMON     := config kafka log luacore luapat message mockbroker offsets pack packwatch pd \
+DAEMON     := checkpoint config journal kafka log luacore luapat message mockbroker offsets pack packwatch pd \
               pipeline sandbox stats
 KERNEL_SRC := $(KERNELS:%=kernels/%.c)
 DAEMON_SRC := $(DAEMON:%=daemon/%.c)
 LIB_SRC    := $(KERNEL_SRC) $(DAEMON_SRC)
-UNIT_TESTS := config normalize message offsets log rng luapat lua
+UNIT_TESTS := config normalize message offsets log rng luapat lua journal checkpoint
 INTEG_TESTS := cli stream
 TEST_HELPERS := tests/harness.c
 

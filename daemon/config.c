@@ -57,6 +57,8 @@ static const KeyDef keys[] = {
     {"kafka.topic.dead_letters", T_STR, "promptd.dead-letters", 1, 249, false,
      F(topic_dead_letters), validate_topic,
      "topic for prompts that cannot be served, with the reason"},
+    {"kafka.topic.rewards", T_STR, "promptd.rewards", 0, 249, false, F(topic_rewards),
+     validate_topic, "topic the reward events are read from (empty: none)"},
     {"kafka.batch.size", T_INT, "256", 1, 100000, true, F(batch_size), NULL,
      "most prompts taken per poll and processed together"},
     {"kafka.batch.wait", T_DURATION, "5ms", 1, 10 * SEC, true, F(batch_wait_ms), NULL,

@@ -40,6 +40,7 @@ typedef struct Config {
     char *topic_prompts;
     char *topic_decisions;
     char *topic_dead_letters;
+    char *topic_rewards;   /* "" = rewards are not read */
     int64_t batch_size;    /* messages per poll */
     int64_t batch_wait_ms; /* how long a poll waits for its first message */
     int64_t max_inflight;  /* produced but unacknowledged messages before pausing */

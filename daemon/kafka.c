@@ -31,9 +31,18 @@ static const struct {
     {"log.queue", "promptd routes librdkafka's log lines through its own logger"},
 };
 
+/* One input topic: its consumed offsets and the commit points not yet stored. */
+typedef struct {
+    char *topic; /* NULL when the topic is not read */
+    OffsetTracker *tracker;
+    int64_t *commit_at; /* by partition; -1 = nothing new */
+    size_t commit_len;
+} Input;
+
 /* One produced message, from produce to delivery report. */
 typedef struct {
     OffsetToken *tok;
+    KafkaInput input;
     KafkaOutput output;
     MsgReason reason;
     int32_t in_partition; /* the input it answers, for the promptd-source header */
@@ -53,13 +62,8 @@ struct Kafka {
     rd_kafka_queue_t *queue; /* the consumer's queue, read a batch at a time */
     rd_kafka_t *producer;
     rd_kafka_topic_t *out[KAFKA_OUTPUT_COUNT];
-    char *prompts_topic;
-    OffsetTracker *tracker;
-
-    /* Commit points moved by delivery reports and not yet stored, by partition. */
-    int64_t *commit_at;
-    size_t commit_len;
-    bool commit_dirty;
+    Input in[KAFKA_INPUT_COUNT];
+    bool commit_dirty; /* some Input has a commit point to store */
 
     Resend *resend;
     size_t max_inflight;
@@ -186,8 +190,12 @@ int kafka_open(Kafka **out, const Config *c, const char *brokers, char *err, siz
     char why[512];
     ConfigErrors errs = {0};
     Kafka *k = pd_xcalloc(1, sizeof *k);
-    k->tracker = offtrack_new();
-    k->prompts_topic = pd_xstrdup(c->topic_prompts);
+    const char *topics[KAFKA_INPUT_COUNT] = {c->topic_prompts, c->topic_rewards};
+    for (int i = 0; i < KAFKA_INPUT_COUNT; i++) {
+        k->in[i].tracker = offtrack_new();
+        PD_ASSERT(k->in[i].tracker);
+        k->in[i].topic = topics[i][0] ? pd_xstrdup(topics[i]) : NULL;
+    }
     kafka_reconfigure(k, c);
 
     rd_kafka_conf_t *cconf = consumer_conf(c, brokers, k, &errs);
@@ -220,10 +228,12 @@ int kafka_open(Kafka **out, const Config *c, const char *brokers, char *err, siz
     k->out[KAFKA_DECISIONS] = rd_kafka_topic_new(k->producer, c->topic_decisions, NULL);
     k->out[KAFKA_DEAD_LETTERS] = rd_kafka_topic_new(k->producer, c->topic_dead_letters, NULL);
 
-    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(topics, c->topic_prompts, RD_KAFKA_PARTITION_UA);
-    rd_kafka_resp_err_t rc = rd_kafka_subscribe(k->consumer, topics);
-    rd_kafka_topic_partition_list_destroy(topics);
+    rd_kafka_topic_partition_list_t *subs = rd_kafka_topic_partition_list_new(2);
+    for (int i = 0; i < KAFKA_INPUT_COUNT; i++)
+        if (k->in[i].topic)
+            rd_kafka_topic_partition_list_add(subs, k->in[i].topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t rc = rd_kafka_subscribe(k->consumer, subs);
+    rd_kafka_topic_partition_list_destroy(subs);
     if (rc) return open_fail(k, err, errlen, "cannot subscribe", rd_kafka_err2str(rc));
 
     *out = k;
@@ -254,40 +264,30 @@ void kafka_close(Kafka *k) {
         free(r->d);
         free(r);
     }
-    offtrack_free(k->tracker);
-    free(k->commit_at);
-    free(k->prompts_topic);
+    for (int i = 0; i < KAFKA_INPUT_COUNT; i++) {
+        offtrack_free(k->in[i].tracker);
+        free(k->in[i].commit_at);
+        free(k->in[i].topic);
+    }
     free(k);
 }
 
 /* --- commit points --- */
 
-static void note_commit(Kafka *k, int32_t partition, int64_t offset) {
-    if ((size_t)partition >= k->commit_len) {
+static void note_commit(Kafka *k, Input *in, int32_t partition, int64_t offset) {
+    if ((size_t)partition >= in->commit_len) {
         size_t n = (size_t)partition + 1;
-        int64_t *grown = realloc(k->commit_at, n * sizeof *grown);
+        int64_t *grown = realloc(in->commit_at, n * sizeof *grown);
         if (!grown) return; /* a later acknowledgement of this partition stores it */
-        for (size_t i = k->commit_len; i < n; i++) grown[i] = -1;
-        k->commit_at = grown;
-        k->commit_len = n;
+        for (size_t i = in->commit_len; i < n; i++) grown[i] = -1;
+        in->commit_at = grown;
+        in->commit_len = n;
     }
-    k->commit_at[partition] = offset;
+    in->commit_at[partition] = offset;
     k->commit_dirty = true;
 }
 
-/* Hands the moved commit points to the consumer, which auto-commits them. */
-static void store_commits(Kafka *k) {
-    if (!k->commit_dirty) return;
-    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
-    for (size_t p = 0; p < k->commit_len; p++) {
-        if (k->commit_at[p] < 0) continue;
-        rd_kafka_topic_partition_list_add(list, k->prompts_topic, (int32_t)p)->offset =
-            k->commit_at[p];
-        k->commit_at[p] = -1;
-    }
-    k->commit_dirty = false;
-
-    rd_kafka_resp_err_t rc = rd_kafka_offsets_store(k->consumer, list);
+static void report_store_errors(Kafka *k, const rd_kafka_topic_partition_list_t *list) {
     for (int i = 0; i < list->cnt; i++) {
         if (list->elems[i].err == RD_KAFKA_RESP_ERR_NO_ERROR) {
             pd_count(&pd_stats.offsets_stored, 1);
@@ -298,12 +298,50 @@ static void store_commits(Kafka *k) {
         pd_count(&pd_stats.offset_store_errors, 1);
         pd_log(PD_LOG_NOTICE, PD_MOD_KAFKA,
                "cannot store offset %" PRId64 " of %s [%" PRId32 "]: %s", list->elems[i].offset,
-               k->prompts_topic, list->elems[i].partition, rd_kafka_err2str(list->elems[i].err));
+               list->elems[i].topic, list->elems[i].partition,
+               rd_kafka_err2str(list->elems[i].err));
     }
-    (void)rc;
+    (void)k;
+}
+
+/* Hands the moved commit points to the consumer, which auto-commits them. */
+static void store_commits(Kafka *k) {
+    if (!k->commit_dirty) return;
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(8);
+    for (int t = 0; t < KAFKA_INPUT_COUNT; t++) {
+        Input *in = &k->in[t];
+        for (size_t p = 0; p < in->commit_len; p++) {
+            if (in->commit_at[p] < 0) continue;
+            rd_kafka_topic_partition_list_add(list, in->topic, (int32_t)p)->offset =
+                in->commit_at[p];
+            in->commit_at[p] = -1;
+        }
+    }
+    k->commit_dirty = false;
+
+    rd_kafka_offsets_store(k->consumer, list);
+    report_store_errors(k, list);
     /* Destroying the list matters: it holds partition references that would otherwise
      * keep rd_kafka_destroy waiting forever. */
     rd_kafka_topic_partition_list_destroy(list);
+}
+
+static size_t pending(const Kafka *k) {
+    size_t n = 0;
+    for (int t = 0; t < KAFKA_INPUT_COUNT; t++) n += offtrack_pending(k->in[t].tracker);
+    return n;
+}
+
+KafkaInput kafka_input_of(const Kafka *k, const rd_kafka_message_t *m) {
+    const char *name = rd_kafka_topic_name(m->rkt);
+    return k->in[KAFKA_REWARDS].topic && !strcmp(name, k->in[KAFKA_REWARDS].topic) ? KAFKA_REWARDS
+                                                                                   : KAFKA_PROMPTS;
+}
+
+static Input *input_named(Kafka *k, const char *topic) {
+    for (int t = 0; t < KAFKA_INPUT_COUNT; t++)
+        if (k->in[t].topic && !strcmp(k->in[t].topic, topic)) return &k->in[t];
+    return NULL;
 }
 
 /* --- delivery --- */
@@ -348,8 +386,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         pd_count(&pd_stats.dead_letters_acked[d->reason], 1);
 
     int32_t partition;
-    int64_t commit = offtrack_done(k->tracker, d->tok, &partition);
-    if (commit >= 0) note_commit(k, partition, commit);
+    Input *in = &k->in[d->input];
+    int64_t commit = offtrack_done(in->tracker, d->tok, &partition);
+    if (commit >= 0) note_commit(k, in, partition, commit);
     free(d);
 }
 
@@ -359,8 +398,8 @@ static rd_kafka_resp_err_t produce_once(Kafka *k, KafkaOutput output, const void
                                         size_t key_len, const void *payload, size_t len,
                                         Delivery *d) {
     char source[320];
-    int source_len = snprintf(source, sizeof source, "%s/%" PRId32 "/%" PRId64, k->prompts_topic,
-                              d->in_partition, d->in_offset);
+    int source_len = snprintf(source, sizeof source, "%s/%" PRId32 "/%" PRId64,
+                              k->in[d->input].topic, d->in_partition, d->in_offset);
     const char *reason = msg_reason_name(d->reason);
     ssize_t reason_len = output == KAFKA_DEAD_LETTERS ? (ssize_t)strlen(reason) : -1;
 
@@ -401,14 +440,15 @@ static int produce_blocking(Kafka *k, KafkaOutput output, const void *key, size_
 
 int kafka_produce(Kafka *k, const rd_kafka_message_t *in, const KafkaRecord *rec, char *err,
                   size_t errlen) {
+    KafkaInput input = kafka_input_of(k, in);
     Delivery *d = malloc(sizeof *d);
-    OffsetToken *tok = d ? offtrack_add(k->tracker, in->partition, in->offset) : NULL;
+    OffsetToken *tok = d ? offtrack_add(k->in[input].tracker, in->partition, in->offset) : NULL;
     if (!tok) {
         free(d);
         snprintf(err, errlen, "no memory to track offset %" PRId64, in->offset);
         return PD_ENOMEM;
     }
-    *d = (Delivery){tok, rec->output, rec->reason, in->partition, in->offset};
+    *d = (Delivery){tok, input, rec->output, rec->reason, in->partition, in->offset};
 
     int rc = produce_blocking(k, rec->output, rec->key, rec->key_len, rec->payload, rec->len, d,
                               err, errlen);
@@ -434,14 +474,14 @@ static void set_paused(Kafka *k, bool pause) {
     k->paused = pause;
     if (pause) pd_count(&pd_stats.pauses, 1);
     pd_log(PD_LOG_DEBUG, PD_MOD_KAFKA, "%s input: %zu outputs await acknowledgement",
-           pause ? "pausing" : "resuming", offtrack_pending(k->tracker));
+           pause ? "pausing" : "resuming", pending(k));
 }
 
 static void apply_backpressure(Kafka *k) {
-    size_t pending = offtrack_pending(k->tracker);
-    if (!k->paused && pending >= k->max_inflight)
+    size_t n = pending(k);
+    if (!k->paused && n >= k->max_inflight)
         set_paused(k, true);
-    else if (k->paused && pending <= k->max_inflight / 2)
+    else if (k->paused && n <= k->max_inflight / 2)
         set_paused(k, false);
 }
 
@@ -469,20 +509,28 @@ int kafka_serve(Kafka *k, int timeout_ms, char *err, size_t errlen) {
 }
 
 size_t kafka_unacked(const Kafka *k) {
-    return offtrack_pending(k->tracker);
+    return pending(k);
+}
+
+void kafka_done(Kafka *k, const rd_kafka_message_t *m) {
+    Input *in = &k->in[kafka_input_of(k, m)];
+    OffsetToken *tok = offtrack_add(in->tracker, m->partition, m->offset);
+    int32_t partition;
+    int64_t commit = tok ? offtrack_done(in->tracker, tok, &partition) : -1;
+    if (commit >= 0) note_commit(k, in, partition, commit);
 }
 
 size_t kafka_drain(Kafka *k, int timeout_ms) {
     char err[512];
     uint64_t deadline = pd_mono_ms() + (uint64_t)timeout_ms;
-    while (offtrack_pending(k->tracker) > 0 && pd_mono_ms() < deadline) {
+    while (pending(k) > 0 && pd_mono_ms() < deadline) {
         if (kafka_serve(k, 50, err, sizeof err)) {
             pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "while draining: %s", err);
             break;
         }
     }
     store_commits(k);
-    return offtrack_pending(k->tracker);
+    return pending(k);
 }
 
 /* --- consuming --- */
@@ -494,8 +542,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     pd_count(&pd_stats.rebalances, 1);
 
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        pd_log(PD_LOG_INFO, PD_MOD_KAFKA, "assigned %d partition(s) of %s", parts->cnt,
-               k->prompts_topic);
+        pd_log(PD_LOG_INFO, PD_MOD_KAFKA, "assigned %d partition(s)", parts->cnt);
         if (cooperative)
             rd_kafka_incremental_assign(rk, parts);
         else
@@ -523,7 +570,10 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "rebalance failed: %s", rd_kafka_err2str(err));
     }
 
-    for (int i = 0; i < parts->cnt; i++) offtrack_reset(k->tracker, parts->elems[i].partition);
+    for (int i = 0; i < parts->cnt; i++) {
+        Input *in = input_named(k, parts->elems[i].topic);
+        if (in) offtrack_reset(in->tracker, parts->elems[i].partition);
+    }
     if (cooperative)
         rd_kafka_incremental_unassign(rk, parts);
     else

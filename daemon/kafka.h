@@ -1,7 +1,7 @@
 /*
  * The Kafka side of the serving loop: one consumer in a consumer group reading the prompts
- * topic in batches, and one idempotent producer (acks=all) writing decisions and dead
- * letters.
+ * and reward topics in batches, and one idempotent producer (acks=all) writing decisions
+ * and dead letters.
  *
  * At-least-once: a prompt's offset is stored for commit only after the message it produced
  * is acknowledged, and only once every earlier prompt of its partition is acknowledged too
@@ -24,6 +24,9 @@
 typedef struct Kafka Kafka;
 
 typedef enum { KAFKA_DECISIONS, KAFKA_DEAD_LETTERS, KAFKA_OUTPUT_COUNT } KafkaOutput;
+
+/* The topics read: prompts, and reward events (when kafka.topic.rewards is set). */
+typedef enum { KAFKA_PROMPTS, KAFKA_REWARDS, KAFKA_INPUT_COUNT } KafkaInput;
 
 /* Checks the kafka.consumer.* and kafka.producer.* properties with librdkafka itself,
  * appending "file:line: key: what librdkafka says" to errs. Returns the number of errors. */
@@ -57,6 +60,13 @@ typedef struct {
  * full. Returns 0, or PD_EFATAL / PD_ENOMEM with err filled. */
 int kafka_produce(Kafka *k, const rd_kafka_message_t *in, const KafkaRecord *rec, char *err,
                   size_t errlen);
+
+/* Which input a message taken by kafka_poll_batch came from. */
+KafkaInput kafka_input_of(const Kafka *k, const rd_kafka_message_t *m);
+
+/* Marks an input done that produces no output (a reward event joined into the journal):
+ * its offset becomes committable in turn. */
+void kafka_done(Kafka *k, const rd_kafka_message_t *m);
 
 /* Releases messages taken by kafka_poll_batch. */
 void kafka_release(rd_kafka_message_t **msgs, int n);

@@ -61,16 +61,18 @@ static const char *json_type_name(const json_t *v) {
 
 /* --- decoding --- */
 
-static MsgReason decode_id(Prompt *p, char *err, size_t errlen) {
-    json_t *id = json_object_get(p->root, "id");
+static MsgReason decode_id_of(json_t *root, char *out, size_t *out_len, char *err, size_t errlen) {
+    json_t *id = json_object_get(root, "id");
     if (!id) {
-        snprintf(err, errlen, "the prompt has no \"id\" field; every prompt needs a unique id");
+        snprintf(err, errlen,
+                 "the message has no \"id\" field; every prompt needs a unique id "
+                 "and every reward names the prompt it scores");
         return MSG_MISSING_ID;
     }
 
     if (json_is_integer(id)) {
-        p->id_len =
-            (size_t)snprintf(p->id, sizeof p->id, "%" JSON_INTEGER_FORMAT, json_integer_value(id));
+        *out_len =
+            (size_t)snprintf(out, MSG_ID_MAX + 1, "%" JSON_INTEGER_FORMAT, json_integer_value(id));
         return MSG_OK;
     }
     if (!json_is_string(id)) {
@@ -85,10 +87,14 @@ static MsgReason decode_id(Prompt *p, char *err, size_t errlen) {
                  len);
         return MSG_INVALID_ID;
     }
-    memcpy(p->id, json_string_value(id), len);
-    p->id[len] = 0;
-    p->id_len = len;
+    memcpy(out, json_string_value(id), len);
+    out[len] = 0;
+    *out_len = len;
     return MSG_OK;
+}
+
+static MsgReason decode_id(Prompt *p, char *err, size_t errlen) {
+    return decode_id_of(p->root, p->id, &p->id_len, err, errlen);
 }
 
 static bool is_blank(const char *s, size_t len) {
@@ -139,9 +145,11 @@ static MsgReason decode_optional(Prompt *p, char *err, size_t errlen) {
     return MSG_OK;
 }
 
-MsgReason msg_decode_prompt(Prompt *p, const void *payload, size_t len, size_t max_bytes, char *err,
-                            size_t errlen) {
-    memset(p, 0, sizeof *p);
+/* The checks every message shares: size, UTF-8, JSON, an object. On MSG_OK *root is the
+ * parsed object (the caller owns it). what names the message kind in errors. */
+static MsgReason decode_object(json_t **root, const void *payload, size_t len, size_t max_bytes,
+                               const char *what, char *err, size_t errlen) {
+    *root = NULL;
     if (len > max_bytes) {
         snprintf(err, errlen, "the message is %zu bytes, more than prompt.max_bytes (%zu)", len,
                  max_bytes);
@@ -158,19 +166,26 @@ MsgReason msg_decode_prompt(Prompt *p, const void *payload, size_t len, size_t m
     }
 
     json_error_t jerr;
-    p->root = json_loadb(payload, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
-    if (!p->root) {
+    *root = json_loadb(payload, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    if (!*root) {
         snprintf(err, errlen, "the message is not valid JSON: %s at line %d column %d", jerr.text,
                  jerr.line, jerr.column);
         return MSG_INVALID_JSON;
     }
-
-    MsgReason r = MSG_OK;
-    if (!json_is_object(p->root)) {
-        snprintf(err, errlen, "the message is %s; a prompt is a JSON object with id and text",
-                 json_type_name(p->root));
-        r = MSG_NOT_AN_OBJECT;
+    if (!json_is_object(*root)) {
+        snprintf(err, errlen, "the message is %s; %s is a JSON object with an id",
+                 json_type_name(*root), what);
+        json_decref(*root);
+        *root = NULL;
+        return MSG_NOT_AN_OBJECT;
     }
+    return MSG_OK;
+}
+
+MsgReason msg_decode_prompt(Prompt *p, const void *payload, size_t len, size_t max_bytes, char *err,
+                            size_t errlen) {
+    memset(p, 0, sizeof *p);
+    MsgReason r = decode_object(&p->root, payload, len, max_bytes, "a prompt", err, errlen);
     if (r == MSG_OK) r = decode_id(p, err, errlen);
     if (r == MSG_OK) r = decode_text(p, err, errlen);
     if (r == MSG_OK) r = decode_optional(p, err, errlen);
@@ -181,6 +196,20 @@ MsgReason msg_decode_prompt(Prompt *p, const void *payload, size_t len, size_t m
 void msg_prompt_free(Prompt *p) {
     json_decref(p->root);
     memset(p, 0, sizeof *p);
+}
+
+MsgReason msg_decode_reward(RewardEvent *r, const void *payload, size_t len, size_t max_bytes,
+                            char *err, size_t errlen) {
+    memset(r, 0, sizeof *r);
+    MsgReason why = decode_object(&r->root, payload, len, max_bytes, "a reward event", err, errlen);
+    if (why == MSG_OK) why = decode_id_of(r->root, r->id, &r->id_len, err, errlen);
+    if (why != MSG_OK) msg_reward_free(r);
+    return why;
+}
+
+void msg_reward_free(RewardEvent *r) {
+    json_decref(r->root);
+    memset(r, 0, sizeof *r);
 }
 
 /* --- encoding --- */

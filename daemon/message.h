@@ -57,6 +57,18 @@ MsgReason msg_decode_prompt(Prompt *p, const void *payload, size_t len, size_t m
                             size_t errlen);
 void msg_prompt_free(Prompt *p);
 
+/* A decoded reward event: {"id": ..., any further fields for the pack's reward()}. */
+typedef struct {
+    json_t *root; /* owned */
+    char id[MSG_ID_MAX + 1];
+    size_t id_len;
+} RewardEvent;
+
+/* Decodes a reward event like a prompt (same reasons), requiring only an id. */
+MsgReason msg_decode_reward(RewardEvent *r, const void *payload, size_t len, size_t max_bytes,
+                            char *err, size_t errlen);
+void msg_reward_free(RewardEvent *r);
+
 /* A growable output buffer, reused across messages. */
 typedef struct {
     char *data;

@@ -218,3 +218,20 @@ Test(message, utf8_validation_matches_the_standard) {
     cr_expect_eq(at, 2);
     cr_expect_not(msg_utf8_valid("\xe0\x80\xaf", 3, &at), "overlong");
 }
+
+Test(message, reward_events_need_only_an_id) {
+    RewardEvent r;
+    const char *ok = "{\"id\":\"wtg-7\",\"resolved\":true,\"rating\":4}";
+    cr_assert_eq(msg_decode_reward(&r, ok, strlen(ok), 65536, why, sizeof why), MSG_OK, "%s", why);
+    cr_expect_str_eq(r.id, "wtg-7");
+    cr_expect(json_is_true(json_object_get(r.root, "resolved")));
+    msg_reward_free(&r);
+
+    const char *no_id = "{\"resolved\":true}";
+    cr_expect_eq(msg_decode_reward(&r, no_id, strlen(no_id), 65536, why, sizeof why),
+                 MSG_MISSING_ID);
+    cr_expect(strstr(why, "every reward names the prompt it scores"), "%s", why);
+    cr_expect_eq(msg_decode_reward(&r, "[1]", 3, 65536, why, sizeof why), MSG_NOT_AN_OBJECT);
+    cr_expect(strstr(why, "a reward event is a JSON object"), "%s", why);
+    cr_expect_null(r.root);
+}
