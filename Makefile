@@ -17,12 +17,14 @@ BUILD      ?= build
 
 # Debian packages, by what needs them.
 DEBS_BUILD := gcc make pkg-config librdkafka-dev libjansson-dev libutf8proc-dev liblua5.4-dev \
-              libxxhash-dev zlib1g-dev
-DEBS_CHECK := libcriterion-dev kcat clang-format python3
-DEBS_BENCH := kcat
+              libxxhash-dev zlib1g-dev libopenblas-dev libhiredis-dev
+DEBS_CHECK := libcriterion-dev kcat clang-format python3 redis-server
+DEBS_BENCH := kcat redis-server redis-tools
 DEBS       := $(sort $(DEBS_BUILD) $(DEBS_CHECK) $(DEBS_BENCH))
+# PyTorch for the encoder benchmark and `make reference` only: `make check` needs no torch.
+DEBS_TORCH := python3-torch python3-numpy python3-xxhash
 
-PKGS      := rdkafka jansson libutf8proc lua5.4 libxxhash zlib
+PKGS      := rdkafka jansson libutf8proc lua5.4 libxxhash zlib openblas hiredis
 TEST_PKGS := criterion
 
 # pkg-config runs once, when first needed: after `deps` has installed the packages.
@@ -38,31 +40,35 @@ ALL_CFLAGS = $(WARN) -D_GNU_SOURCE -DPD_DATADIR='"$(datadir)/promptd"' -MMD -MP 
 ALL_LIBS   = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
 SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-KERNELS    := normalize rng
-DAEMON     := checkpoint config journal kafka log luacore luapat message mockbroker offsets pack packwatch pd \
-              pipeline sandbox stats
+KERNELS    := normalize rng tokenize encoder safetensors policy ppo adam
+DAEMON     := cache checkpoint config hashmap journal kafka learner log luacore luapat message model \
+              mockbroker offsets pack packwatch pd pipeline redis sandbox session stats
 KERNEL_SRC := $(KERNELS:%=kernels/%.c)
 DAEMON_SRC := $(DAEMON:%=daemon/%.c)
 LIB_SRC    := $(KERNEL_SRC) $(DAEMON_SRC)
-UNIT_TESTS := config normalize message offsets log rng luapat lua journal checkpoint
+UNIT_TESTS := config normalize message offsets log rng luapat lua journal checkpoint session \
+              tokenize encoder safetensors cache policy
 INTEG_TESTS := cli stream
 TEST_HELPERS := tests/harness.c
 
 LIB_OBJ      := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB_OBJ_SAN  := $(LIB_SRC:%.c=$(BUILD)/san/%.o)
+KERNEL_OBJ   := $(KERNEL_SRC:%.c=$(BUILD)/obj/%.o)
+MODEL        := $(BUILD)/model/default.safetensors
 UNIT_BINS    := $(UNIT_TESTS:%=$(BUILD)/tests/test_%)
 UNIT_BINS_SAN := $(UNIT_TESTS:%=$(BUILD)/san/tests/test_%)
 INTEG_BINS   := $(INTEG_TESTS:%=$(BUILD)/tests/test_%)
-FORMAT_SRC   := $(wildcard daemon/*.[ch] $(KERNEL_SRC) $(KERNEL_SRC:.c=.h) tests/*.[ch] bench/*.[ch])
+FORMAT_SRC   := $(wildcard daemon/*.[ch] $(KERNEL_SRC) $(KERNEL_SRC:.c=.h) tests/*.[ch] \
+                bench/*.[ch] tools/*.[ch])
 
-.PHONY: all deps check check-unit check-integration check-format format demo bench install \
-        clean
+.PHONY: all deps deps-torch check check-unit check-integration check-format format demo bench \
+        install clean reference
 .DEFAULT_GOAL := all
 # Keep objects between runs: they are intermediate files of the pattern rules.
 .SECONDARY:
 
 all: deps
-	@$(MAKE) --no-print-directory $(BUILD)/promptd
+	@$(MAKE) --no-print-directory $(BUILD)/promptd $(BUILD)/promptctl $(MODEL)
 
 deps:
 	@missing=""; \
@@ -78,6 +84,9 @@ deps:
 	        --no-install-recommends $$missing; \
 	fi
 
+deps-torch:
+	@$(MAKE) --no-print-directory deps DEBS="$(DEBS_TORCH)"
+
 # --- build ---
 
 $(BUILD)/obj/%.o: %.c
@@ -91,11 +100,27 @@ $(BUILD)/san/%.o: %.c
 $(BUILD)/promptd: $(BUILD)/obj/daemon/main.o $(LIB_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
 
-$(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $(BUILD)/obj/tests/harness.o $(LIB_OBJ)
+$(BUILD)/promptctl: $(BUILD)/obj/daemon/promptctl.o $(LIB_OBJ)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
+
+# The seeded random default model, until a trained one ships: 40 MB, generated at
+# build time rather than committed, the same bytes everywhere (model id a1310fdef0f41eb2).
+$(BUILD)/tools/make_model: $(BUILD)/obj/tools/make_model.o $(KERNEL_OBJ)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
+
+$(MODEL): $(BUILD)/tools/make_model
+	@mkdir -p $(@D)
+	$< -o $@
+
+TEST_OBJ     := $(BUILD)/obj/tests/harness.o $(BUILD)/obj/tests/redis_harness.o
+TEST_OBJ_SAN := $(BUILD)/san/tests/harness.o $(BUILD)/san/tests/redis_harness.o
+
+$(BUILD)/tests/test_%: $(BUILD)/obj/tests/test_%.o $(TEST_OBJ) $(LIB_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) $(TEST_LIBS) -o $@
 
-$(BUILD)/san/tests/test_%: $(BUILD)/san/tests/test_%.o $(BUILD)/san/tests/harness.o $(LIB_OBJ_SAN)
+$(BUILD)/san/tests/test_%: $(BUILD)/san/tests/test_%.o $(TEST_OBJ_SAN) $(LIB_OBJ_SAN)
 	@mkdir -p $(@D)
 	$(CC) $(SANITIZE) $(LDFLAGS) $^ $(ALL_LIBS) $(TEST_LIBS) -o $@
 
@@ -113,12 +138,18 @@ check-format:
 	@clang-format --dry-run --Werror $(FORMAT_SRC) \
 	    || { echo "check: run 'make format' to apply the house style"; exit 1; }
 
+# Criterion reports a test as passed even when LeakSanitizer finds a leak as its process
+# exits, so the sanitized runs also fail on any sanitizer report in their output.
 check-unit: $(UNIT_BINS) $(UNIT_BINS_SAN)
-	@for t in $(UNIT_BINS) $(UNIT_BINS_SAN); do \
-	    echo "== $$t"; $$t --jobs 2 || exit 1; \
+	@for t in $(UNIT_BINS); do echo "== $$t"; $$t --jobs 2 || exit 1; done
+	@for t in $(UNIT_BINS_SAN); do \
+	    echo "== $$t"; $$t --jobs 2 2>$(BUILD)/san.log; rc=$$?; cat $(BUILD)/san.log; \
+	    [ $$rc -eq 0 ] || exit 1; \
+	    if grep -qE 'ERROR: (Leak|Address)Sanitizer|runtime error' $(BUILD)/san.log; then \
+	        echo "check: $$t: sanitizer report above"; exit 1; fi; \
 	done
 
-check-integration: $(BUILD)/promptd $(INTEG_BINS)
+check-integration: $(BUILD)/promptd $(BUILD)/promptctl $(MODEL) $(INTEG_BINS)
 	@for t in $(INTEG_BINS); do \
 	    echo "== $$t"; PROMPTD=$(BUILD)/promptd $$t --jobs 1 || exit 1; \
 	done
@@ -129,23 +160,37 @@ format:
 # --- running ---
 
 demo: deps
-	@$(MAKE) --no-print-directory $(BUILD)/promptd
+	@$(MAKE) --no-print-directory $(BUILD)/promptd $(MODEL)
 	@sh scripts/demo.sh $(BUILD)/promptd
 
-BENCHES := stream lua
+BENCHES := stream lua encoder cache policy
 
-bench: deps
+bench: deps deps-torch
 	@$(MAKE) --no-print-directory $(BUILD)/promptd $(BENCHES:%=$(BUILD)/bench/bench_%)
 	@$(BUILD)/bench/bench_stream $(BUILD)/promptd
 	@$(BUILD)/bench/bench_lua
+	@OPENBLAS_NUM_THREADS=1 $(BUILD)/bench/bench_encoder
+	@$(BUILD)/bench/bench_cache
+	@OPENBLAS_NUM_THREADS=1 $(BUILD)/bench/bench_policy
 
-$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB_OBJ)
+# Regenerates the parity references under tests/reference/ (then commit them): the
+# tokeniser corpus with the reference's ids, and the PyTorch tensors of the encoder.
+reference: deps deps-torch
+	@$(MAKE) --no-print-directory $(BUILD)/tools/make_model
+	/usr/bin/python3 tests/reference/gen_tok_corpus.py
+	/usr/bin/python3 tests/reference/encoder_ref.py --make-model $(BUILD)/tools/make_model
+	OMP_WAIT_POLICY=PASSIVE /usr/bin/python3 tests/reference/policy_ref.py
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_OBJ) $(LIB_OBJ)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
 
-install: $(BUILD)/promptd
+install: $(BUILD)/promptd $(BUILD)/promptctl $(MODEL)
 	install -d $(DESTDIR)$(bindir) $(DESTDIR)$(sysconfdir)/promptd $(DESTDIR)$(datadir)/promptd/lua
 	install -m 0755 $(BUILD)/promptd $(DESTDIR)$(bindir)/promptd
+	install -m 0755 $(BUILD)/promptctl $(DESTDIR)$(bindir)/promptctl
+	install -d $(DESTDIR)$(datadir)/promptd/model
+	install -m 0644 $(MODEL) $(DESTDIR)$(datadir)/promptd/model/default.safetensors
 	install -m 0644 conf/promptd.conf $(DESTDIR)$(sysconfdir)/promptd/promptd.conf
 	install -m 0644 lua/*.lua $(DESTDIR)$(datadir)/promptd/lua/
 	for pack in policies/*/; do \

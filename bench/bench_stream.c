@@ -248,10 +248,10 @@ static void latency(const char *brokers, double *p50, double *p99) {
 int main(int argc, char **argv) {
     const char *promptd = argc > 1 ? argv[1] : "build/promptd";
     const char *topics[] = {"promptd.prompts", "promptd.decisions", "promptd.dead-letters",
-                            "bench.copy"};
+                            "promptd.rewards", "bench.copy"};
     char err[512];
     MockBroker *mb;
-    if (mockbroker_start(&mb, 3, topics, 4, PARTITIONS, err, sizeof err)) die(err);
+    if (mockbroker_start(&mb, 3, topics, 5, PARTITIONS, err, sizeof err)) die(err);
     const char *brokers = mockbroker_bootstraps(mb);
 
     printf("stream benchmark: librdkafka %s mock cluster, 3 brokers, %d partitions, %d "

@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "pd.h"
+#include "redis.h"
 
 #define INCLUDE_DEPTH_MAX 8
 
@@ -37,6 +38,7 @@ struct KeyDef {
 };
 
 static int validate_topic(const KeyDef *def, const char *value, char *err, size_t errlen);
+static int validate_redis_url(const KeyDef *def, const char *value, char *err, size_t errlen);
 static int validate_modules(const KeyDef *def, const char *value, char *err, size_t errlen);
 
 #define F(field) offsetof(Config, field)
@@ -71,6 +73,22 @@ static const KeyDef keys[] = {
      "partitions of each topic the embedded cluster creates"},
     {"kafka.embedded.bootstrap_file", T_STR, "", 0, PATH_MAX, false, F(embedded_bootstrap_file),
      NULL, "file to write the embedded cluster's bootstrap address to (empty: none)"},
+    {"encoder.model", T_STR, "", 0, PATH_MAX, false, F(encoder_model), NULL,
+     "the encoder's model file (safetensors; empty: the shipped default model)"},
+    {"encoder.max_tokens", T_INT, "4096", 8, 1000000, false, F(encoder_max_tokens), NULL,
+     "tokens of one prompt the encoder reads; the rest of a longer prompt is ignored"},
+    {"encoder.threads", T_INT, "1", 1, 64, false, F(encoder_threads), NULL,
+     "OpenBLAS threads of the encoder (the serving thread and the learner share the cores)"},
+    {"redis.url", T_STR, "none", 1, 4096, false, F(redis_url), validate_redis_url,
+     "redis://[[user]:password@]host[:port][/db], unix:///path[?db=N], or none"},
+    {"redis.connect_timeout", T_DURATION, "1s", 10, 60 * SEC, false, F(redis_connect_timeout_ms),
+     NULL, "a connection to Redis and its handshake"},
+    {"redis.command_timeout", T_DURATION, "50ms", 1, 10 * SEC, false, F(redis_command_timeout_ms),
+     NULL, "one round trip to Redis (a batch's lookups)"},
+    {"cache.l1_bytes", T_SIZE, "64mb", 0, 64 * 1024 * MB, false, F(cache_l1_bytes), NULL,
+     "memory of the in-process embedding cache (0: none)"},
+    {"cache.ttl", T_DURATION, "1d", 1 * SEC, 365 * 24 * 60 * MIN, false, F(cache_ttl_ms), NULL,
+     "how long Redis keeps a cached embedding"},
     {"policy.pack", T_STR, "", 0, PATH_MAX, false, F(policy_pack), NULL,
      "directory of the policy pack (empty: the shipped alarm pack)"},
     {"policy.lib", T_STR, "", 0, PATH_MAX, false, F(policy_lib), NULL,
@@ -96,7 +114,8 @@ static const KeyDef keys[] = {
     {"log.level", T_LEVEL, "info", PD_LOG_EMERG, PD_LOG_DEBUG, true, F(log_level), NULL,
      "emerg, alert, crit, err, warning, notice, info or debug"},
     {"log.debug", T_MODULES, "", 0, 1024, true, F(log_debug), validate_modules,
-     "debug lines of these modules: main,config,kafka,rdkafka,broker,pipeline,lua or all"},
+     "debug lines of these modules (main, config, kafka, rdkafka, broker, pipeline, lua, "
+     "encoder, cache, policy, learner) or all"},
     {"log.ratelimit.burst", T_INT, "5", 0, 1000000, true, F(log_ratelimit_burst), NULL,
      "identical warnings or errors logged per interval before the rest are counted (0: off)"},
     {"log.ratelimit.interval", T_DURATION, "10s", 1, 1440 * MIN, true, F(log_ratelimit_interval_ms),
@@ -259,13 +278,20 @@ static int validate_topic(const KeyDef *def, const char *value, char *err, size_
     return 0;
 }
 
+static int validate_redis_url(const KeyDef *def, const char *value, char *err, size_t errlen) {
+    RedisUrl url;
+    (void)def;
+    return redis_url_parse(&url, value, err, errlen) ? -1 : 0;
+}
+
 static int validate_modules(const KeyDef *def, const char *value, char *err, size_t errlen) {
     (void)def;
     uint32_t mask;
     char bad[64];
     if (pd_log_debug_parse(value, &mask, bad, sizeof bad) == 0) return 0;
     snprintf(err, errlen,
-             "unknown module '%s'; known: main, config, kafka, rdkafka, broker, pipeline, lua, all",
+             "unknown module '%s'; known: main, config, kafka, rdkafka, broker, pipeline, lua, "
+             "encoder, cache, policy, learner, all",
              bad);
     return -1;
 }

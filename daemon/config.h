@@ -50,6 +50,18 @@ typedef struct Config {
     ConfigProps consumer_props;
     ConfigProps producer_props;
 
+    /* encoder */
+    char *encoder_model; /* "" = the shipped default model */
+    int64_t encoder_max_tokens;
+    int64_t encoder_threads;
+
+    /* embedding cache */
+    char *redis_url; /* "none" = the in-process cache only */
+    int64_t cache_l1_bytes;
+    int64_t cache_ttl_ms;
+    int64_t redis_connect_timeout_ms;
+    int64_t redis_command_timeout_ms;
+
     /* policy packs */
     char *policy_pack; /* "" = the shipped pack in the data directory */
     char *policy_lib;  /* "" = the helper library in the data directory */

@@ -8,7 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
+#include "hashmap.h"
 
 typedef struct Entry {
     struct Entry *next; /* FIFO order */
@@ -24,19 +24,11 @@ typedef struct Entry {
     double sum, max, first, last;
 } Entry;
 
-/* An open-addressing map from a 64-bit id hash to a value (linear probing; removal
- * shifts the following run back, so no tombstones accumulate). */
-typedef struct {
-    uint64_t *keys; /* 0 = empty; hashes are never 0 (see id_hash) */
-    void **values;
-    size_t cap, len; /* cap is a power of two */
-} Map;
-
 struct Journal {
     JournalConfig cfg;
     Entry *head, *tail;
-    Map open;              /* hash -> Entry*, for open entries */
-    Map closed;            /* hash -> (void *)1, ids closed recently */
+    HashMap open;          /* hash -> Entry*, for open entries */
+    HashMap closed;        /* hash -> (void *)1, ids closed recently */
     size_t queued;         /* entries in the FIFO, open or closed: what the capacity bounds */
     uint64_t *closed_ring; /* the order of `closed`, to forget the oldest */
     size_t closed_pos, closed_cap;
@@ -44,76 +36,7 @@ struct Journal {
 };
 
 static uint64_t id_hash(const char *id, size_t len) {
-    uint64_t h = XXH64(id, len, 0x6a6f75726e616cu);
-    return h ? h : 1;
-}
-
-/* --- the map --- */
-
-static void *map_get(const Map *m, uint64_t key) {
-    if (!m->cap) return NULL;
-    for (size_t i = key & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
-        if (m->keys[i] == key) return m->values[i];
-        if (m->keys[i] == 0) return NULL;
-    }
-}
-
-static int map_grow(Map *m) {
-    Map bigger = {calloc(m->cap ? m->cap * 2 : 64, sizeof(uint64_t)),
-                  calloc(m->cap ? m->cap * 2 : 64, sizeof(void *)), m->cap ? m->cap * 2 : 64, 0};
-    if (!bigger.keys || !bigger.values) {
-        free(bigger.keys);
-        free(bigger.values);
-        return -1;
-    }
-    for (size_t i = 0; i < m->cap; i++) {
-        if (!m->keys[i]) continue;
-        size_t j = m->keys[i] & (bigger.cap - 1);
-        while (bigger.keys[j]) j = (j + 1) & (bigger.cap - 1);
-        bigger.keys[j] = m->keys[i];
-        bigger.values[j] = m->values[i];
-        bigger.len++;
-    }
-    free(m->keys);
-    free(m->values);
-    *m = bigger;
-    return 0;
-}
-
-static int map_put(Map *m, uint64_t key, void *value) {
-    if ((m->len + 1) * 4 > m->cap * 3 && map_grow(m)) return -1;
-    size_t i = key & (m->cap - 1);
-    while (m->keys[i] && m->keys[i] != key) i = (i + 1) & (m->cap - 1);
-    if (!m->keys[i]) m->len++;
-    m->keys[i] = key;
-    m->values[i] = value;
-    return 0;
-}
-
-static void map_remove(Map *m, uint64_t key) {
-    if (!m->cap) return;
-    size_t mask = m->cap - 1, i = key & mask;
-    while (m->keys[i] != key) {
-        if (!m->keys[i]) return;
-        i = (i + 1) & mask;
-    }
-    /* Shift back the entries of the run that would no longer be found past the hole. */
-    for (size_t j = (i + 1) & mask; m->keys[j]; j = (j + 1) & mask) {
-        size_t home = m->keys[j] & mask;
-        bool movable = i <= j ? (home <= i || home > j) : (home <= i && home > j);
-        if (!movable) continue;
-        m->keys[i] = m->keys[j];
-        m->values[i] = m->values[j];
-        i = j;
-    }
-    m->keys[i] = 0;
-    m->values[i] = NULL;
-    m->len--;
-}
-
-static void map_free(Map *m) {
-    free(m->keys);
-    free(m->values);
+    return hashmap_hash(id, len, 0x6a6f75726e616cu);
 }
 
 /* --- entries --- */
@@ -143,10 +66,10 @@ static void entry_free(Entry *e) {
 static void remember_closed(Journal *j, uint64_t hash) {
     if (!j->closed_cap) return;
     uint64_t old = j->closed_ring[j->closed_pos];
-    if (old) map_remove(&j->closed, old);
+    if (old) hashmap_remove(&j->closed, old);
     j->closed_ring[j->closed_pos] = hash;
     j->closed_pos = (j->closed_pos + 1) % j->closed_cap;
-    map_put(&j->closed, hash, (void *)1);
+    hashmap_put(&j->closed, hash, (void *)1);
 }
 
 static double aggregate(const JournalConfig *cfg, const Entry *e) {
@@ -163,7 +86,7 @@ static double aggregate(const JournalConfig *cfg, const Entry *e) {
  * entry stays in the FIFO, closed, until it reaches the head. */
 static bool close_entry(Journal *j, Entry *e, Experience *out) {
     e->open = false;
-    map_remove(&j->open, e->hash);
+    hashmap_remove(&j->open, e->hash);
     remember_closed(j, e->hash);
 
     if (e->events == 0) {
@@ -212,8 +135,8 @@ void journal_free(Journal *j) {
         j->head = e->next;
         entry_free(e);
     }
-    map_free(&j->open);
-    map_free(&j->closed);
+    hashmap_free(&j->open);
+    hashmap_free(&j->closed);
     free(j->closed_ring);
     free(j);
 }
@@ -245,17 +168,17 @@ int journal_put(Journal *j, const char *id, size_t id_len, const char *decision,
 
     /* A second decision for an id (a re-delivered prompt): the newer one is the one whose
      * reward will come; the older is closed without a reward and not learned. */
-    Entry *old = map_get(&j->open, e->hash);
+    Entry *old = hashmap_get(&j->open, e->hash);
     if (old && old->id_len == id_len && !memcmp(old->id, id, id_len)) {
         old->open = false;
-        map_remove(&j->open, old->hash);
+        hashmap_remove(&j->open, old->hash);
         j->stats.replaced++;
     }
-    if (map_put(&j->open, e->hash, e)) {
+    if (hashmap_put(&j->open, e->hash, e)) {
         entry_free(e);
         return -1;
     }
-    map_remove(&j->closed, e->hash);
+    hashmap_remove(&j->closed, e->hash);
     if (j->tail)
         j->tail->next = e;
     else
@@ -266,7 +189,7 @@ int journal_put(Journal *j, const char *id, size_t id_len, const char *decision,
 }
 
 static Entry *find_open(Journal *j, const char *id, size_t id_len) {
-    Entry *e = map_get(&j->open, id_hash(id, id_len));
+    Entry *e = hashmap_get(&j->open, id_hash(id, id_len));
     return e && e->id_len == id_len && !memcmp(e->id, id, id_len) ? e : NULL;
 }
 
@@ -279,7 +202,7 @@ JoinResult journal_reward(Journal *j, const char *id, size_t id_len, double r, i
                           Experience *out) {
     Entry *e = find_open(j, id, id_len);
     if (!e || now_ms - e->made_ms > j->cfg.window_ms) {
-        bool closed = e || map_get(&j->closed, id_hash(id, id_len));
+        bool closed = e || hashmap_get(&j->closed, id_hash(id, id_len));
         if (closed)
             j->stats.late++;
         else

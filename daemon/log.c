@@ -19,9 +19,10 @@ static const char *const level_names[] = {"emerg",   "alert",  "crit", "err",
                                           "warning", "notice", "info", "debug"};
 
 static const char *const module_names[PD_MOD_COUNT] = {
-    [PD_MOD_MAIN] = "main",       [PD_MOD_CONFIG] = "config", [PD_MOD_KAFKA] = "kafka",
-    [PD_MOD_RDKAFKA] = "rdkafka", [PD_MOD_BROKER] = "broker", [PD_MOD_PIPELINE] = "pipeline",
-    [PD_MOD_LUA] = "lua",
+    [PD_MOD_MAIN] = "main",       [PD_MOD_CONFIG] = "config",   [PD_MOD_KAFKA] = "kafka",
+    [PD_MOD_RDKAFKA] = "rdkafka", [PD_MOD_BROKER] = "broker",   [PD_MOD_PIPELINE] = "pipeline",
+    [PD_MOD_LUA] = "lua",         [PD_MOD_ENCODER] = "encoder", [PD_MOD_CACHE] = "cache",
+    [PD_MOD_POLICY] = "policy",   [PD_MOD_LEARNER] = "learner",
 };
 
 /* One repeated problem: lines whose text is the same once digits are ignored. */

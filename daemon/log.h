@@ -39,6 +39,10 @@ typedef enum {
     PD_MOD_BROKER,  /* the embedded mock cluster */
     PD_MOD_PIPELINE,
     PD_MOD_LUA, /* policy packs and their sandbox */
+    PD_MOD_ENCODER,
+    PD_MOD_CACHE,
+    PD_MOD_POLICY,
+    PD_MOD_LEARNER,
     PD_MOD_COUNT
 } PdLogModule;
 

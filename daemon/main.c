@@ -14,10 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache.h"
 #include "config.h"
 #include "kafka.h"
 #include "log.h"
 #include "mockbroker.h"
+#include "model.h"
 #include "pack.h"
 #include "packwatch.h"
 #include "pd.h"
@@ -141,6 +143,19 @@ static Pack *load_pack(const Config *c, ConfigErrors *errs) {
     return p;
 }
 
+static const char *model_path_of(const Config *c) {
+    return c->encoder_model[0] ? c->encoder_model : model_default_path();
+}
+
+/* Loads the encoder's model; an error is reported at the line that names the model. */
+static Model *load_model(const Config *c, ConfigErrors *errs) {
+    char err[1024];
+    Model *m = NULL;
+    if (model_load(&m, model_path_of(c), (size_t)c->encoder_max_tokens, err, sizeof err))
+        config_error(errs, config_origin(c, "encoder.model"), "encoder.model", "%s", err);
+    return m;
+}
+
 static void apply_logging(const Config *c) {
     uint32_t mask = 0;
     char bad[64];
@@ -177,6 +192,8 @@ typedef struct {
     Config config;
     MockBroker *broker;
     Kafka *kafka;
+    Model *model;
+    Cache *cache;
     Pack *pack; /* the pack serving now */
     PackWatch *packwatch;
     Pipeline *pipeline;
@@ -226,7 +243,8 @@ static void reload(Service *s) {
 static int start_broker(Service *s, const char **brokers) {
     char err[512];
     const Config *c = &s->config;
-    const char *topics[] = {c->topic_prompts, c->topic_decisions, c->topic_dead_letters};
+    const char *topics[] = {c->topic_prompts, c->topic_decisions, c->topic_dead_letters,
+                            c->topic_rewards[0] ? c->topic_rewards : c->topic_prompts};
 
     if (strcmp(c->kafka_brokers, "embedded")) {
         *brokers = c->kafka_brokers;
@@ -270,10 +288,44 @@ static int start_pack(Service *s) {
     return PD_EXIT_OK;
 }
 
+static int start_model(Service *s) {
+    ConfigErrors errs = {0};
+    model_set_threads((int)s->config.encoder_threads);
+    s->model = load_model(&s->config, &errs);
+    if (!s->model) {
+        pd_log(PD_LOG_ERR, PD_MOD_ENCODER, "%s", errs.text);
+        return PD_EXIT_CONFIG;
+    }
+    pd_log(PD_LOG_NOTICE, PD_MOD_ENCODER, "model %s (id %s, %d dimensions)", model_path(s->model),
+           model_id(s->model), model_dim(s->model));
+    return PD_EXIT_OK;
+}
+
+static int start_cache(Service *s) {
+    char err[1024];
+    const Config *c = &s->config;
+    CacheConfig cc = {c->redis_url,
+                      c->cache_l1_bytes,
+                      c->cache_ttl_ms,
+                      c->redis_connect_timeout_ms,
+                      c->redis_command_timeout_ms,
+                      0,
+                      0};
+    int rc = cache_open(&s->cache, &cc, err, sizeof err);
+    if (rc) {
+        ConfigOrigin where = config_origin(c, "redis.url");
+        pd_log(PD_LOG_ERR, PD_MOD_CACHE, "%s:%d: redis.url: %s", where.file, where.line, err);
+        return rc == PD_ECONFIG ? PD_EXIT_CONFIG : PD_EXIT_SOFTWARE;
+    }
+    return PD_EXIT_OK;
+}
+
 static int start(Service *s) {
     char err[1024];
     const char *brokers;
-    int code = start_pack(s);
+    int code = start_model(s);
+    if (code == PD_EXIT_OK) code = start_cache(s);
+    if (code == PD_EXIT_OK) code = start_pack(s);
     if (code) return code;
     if (start_broker(s, &brokers)) return PD_EXIT_TEMPFAIL;
 
@@ -281,7 +333,7 @@ static int start(Service *s) {
         pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "%s", err);
         return PD_EXIT_TEMPFAIL;
     }
-    s->pipeline = pipeline_new(&s->config, s->kafka, s->pack);
+    s->pipeline = pipeline_new(&s->config, s->kafka, s->cache, s->model, s->pack);
     if (!s->pipeline || resize_batch(s)) {
         pd_log(PD_LOG_ERR, PD_MOD_MAIN, "out of memory at start-up");
         return PD_EXIT_SOFTWARE;
@@ -365,6 +417,8 @@ static void stop(Service *s) {
     pipeline_free(s->pipeline);
     packwatch_stop(s->packwatch);
     pack_free(s->pack);
+    cache_close(s->cache);
+    model_free(s->model);
     mockbroker_stop(s->broker);
     log_summary(unacked);
     free(s->batch);
@@ -384,16 +438,21 @@ int main(int argc, char **argv) {
         return PD_EXIT_CONFIG;
     }
     if (s.opts.check) {
+        Model *m = load_model(&s.config, &errs);
         Pack *p = load_pack(&s.config, &errs);
-        if (!p) {
+        if (!p || !m) {
+            pack_free(p);
+            model_free(m);
             fputs(errs.text, stderr);
             config_free(&s.config);
             free(s.opts.overrides);
             return PD_EXIT_CONFIG;
         }
-        printf("promptd: configuration is valid; pack %s version %s has %zu templates\n",
-               pack_name(p), pack_version(p), pack_template_count(p));
+        printf("promptd: configuration is valid; pack %s version %s has %zu templates; model "
+               "%s\n",
+               pack_name(p), pack_version(p), pack_template_count(p), model_id(m));
         pack_free(p);
+        model_free(m);
     }
     if (s.opts.check || s.opts.dump) {
         if (s.opts.dump) config_dump(&s.config, stdout);

@@ -23,6 +23,7 @@ typedef struct {
     size_t tpl;                /* the chosen template */
     double p;                  /* its probability under the logging policy */
     size_t out_off, out_len;   /* the rendered prompt, in Pipeline.rendered */
+    const float *vector;       /* the semantic vector, in Pipeline.vectors */
 } Slot;
 
 /* A growable byte arena for the texts of one batch. */
@@ -33,6 +34,8 @@ typedef struct {
 
 struct Pipeline {
     Kafka *kafka;
+    Cache *cache;
+    Model *model;
     Pack *pack;
     Rng rng;
     size_t max_bytes;
@@ -47,6 +50,16 @@ struct Pipeline {
     size_t norm_work_cap;
     bool *eligible; /* one flag per template of the pack */
     size_t eligible_cap;
+    float *vectors; /* the batch's semantic vectors, one row per slot encoded */
+    size_t vectors_cap;
+    const char **texts; /* the batch's normalised texts, for the encoder */
+    size_t *lens;
+    size_t texts_cap, lens_cap;
+    CacheKey *keys; /* cache keys of the batch's texts; the misses' gathered after them */
+    bool *found;
+    size_t *miss; /* rows of the batch that missed the cache */
+    float *fresh; /* the misses' new vectors */
+    size_t keys_cap, found_cap, miss_cap, fresh_cap;
 
     MsgBuf render_buf, out;
 };
@@ -73,10 +86,12 @@ static uint64_t seed_from(const Config *c) {
     return seed;
 }
 
-Pipeline *pipeline_new(const Config *c, Kafka *k, Pack *pack) {
+Pipeline *pipeline_new(const Config *c, Kafka *k, Cache *cache, Model *model, Pack *pack) {
     Pipeline *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->kafka = k;
+    p->cache = cache;
+    p->model = model;
     p->pack = pack;
     rng_seed(&p->rng, seed_from(c));
     p->prompts_topic = strdup(c->topic_prompts);
@@ -95,6 +110,13 @@ void pipeline_free(Pipeline *p) {
     free(p->rendered.data);
     free(p->norm_work);
     free(p->eligible);
+    free(p->vectors);
+    free(p->texts);
+    free(p->lens);
+    free(p->keys);
+    free(p->found);
+    free(p->miss);
+    free(p->fresh);
     msg_buf_free(&p->render_buf);
     msg_buf_free(&p->out);
     free(p->prompts_topic);
@@ -149,6 +171,54 @@ static int stage_normalize(Pipeline *p, Slot *slots, int n, char *err, size_t er
         return PD_ENOMEM;
     }
     return PD_OK;
+}
+
+/* Encodes what the cache does not have: the misses of the whole batch go through the
+ * encoder together (one packed forward pass), then into the cache. */
+static int encode_misses(Pipeline *p, size_t m, size_t dim, char *err, size_t errlen) {
+    size_t k = 0;
+    for (size_t i = 0; i < m; i++) {
+        if (p->found[i]) continue;
+        p->miss[k] = i;
+        p->texts[m + k] = p->texts[i];
+        p->lens[m + k] = p->lens[i];
+        p->keys[m + k] = p->keys[i];
+        k++;
+    }
+    if (k == 0) return PD_OK;
+    if (model_encode(p->model, p->texts + m, p->lens + m, k, p->fresh, err, errlen))
+        return PD_ENOMEM;
+    for (size_t j = 0; j < k; j++)
+        memcpy(p->vectors + p->miss[j] * dim, p->fresh + j * dim, dim * sizeof(float));
+    cache_put(p->cache, p->keys + m, k, (int)dim, p->fresh);
+    return PD_OK;
+}
+
+/* The semantic vector of every prompt of the batch: from the cache (one round trip for
+ * the batch), else from the encoder. */
+static int stage_encode(Pipeline *p, Slot *slots, int n, char *err, size_t errlen) {
+    size_t dim = (size_t)model_dim(p->model), m = 0, nn = (size_t)n;
+    if (reserve((void **)&p->texts, &p->texts_cap, 2 * nn, sizeof *p->texts) ||
+        reserve((void **)&p->lens, &p->lens_cap, 2 * nn, sizeof *p->lens) ||
+        reserve((void **)&p->keys, &p->keys_cap, 2 * nn, sizeof *p->keys) ||
+        reserve((void **)&p->found, &p->found_cap, nn, sizeof *p->found) ||
+        reserve((void **)&p->miss, &p->miss_cap, nn, sizeof *p->miss) ||
+        reserve((void **)&p->fresh, &p->fresh_cap, nn * dim, sizeof *p->fresh) ||
+        reserve((void **)&p->vectors, &p->vectors_cap, nn * dim, sizeof *p->vectors)) {
+        snprintf(err, errlen, "no memory to encode a batch of %d", n);
+        return PD_ENOMEM;
+    }
+    for (int i = 0; i < n; i++) {
+        if (slots[i].reason != MSG_OK) continue;
+        p->texts[m] = p->norm.data + slots[i].norm_off;
+        p->lens[m] = slots[i].norm_len;
+        cache_key(&p->keys[m], model_cache_id(p->model), p->texts[m], p->lens[m]);
+        slots[i].vector = p->vectors + m * dim;
+        m++;
+    }
+    if (m == 0) return PD_OK;
+    cache_get(p->cache, p->keys, m, (int)dim, p->vectors, p->found);
+    return encode_misses(p, m, dim, err, errlen);
 }
 
 /* Uniform among the eligible templates: the logging policy until the learned one lands.
@@ -283,6 +353,7 @@ int pipeline_run(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_
 
     stage_decode(p, slots, n);
     int rc = stage_normalize(p, slots, n, err, errlen);
+    if (rc == PD_OK) rc = stage_encode(p, slots, n, err, errlen);
     if (rc == PD_OK) rc = stage_select(p, slots, n, err, errlen);
     if (rc == PD_OK) rc = stage_produce(p, slots, n, err, errlen);
 

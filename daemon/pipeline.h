@@ -1,8 +1,8 @@
 /*
  * The serving pipeline: a batch of prompt messages in, one decision or one dead letter out
- * per message. Stages run over the whole batch in turn (decode, normalise, select and
- * render, produce), so that a stage can work on the batch at once, as the encoder's
- * batched forward pass needs.
+ * per message. Stages run over the whole batch in turn (decode, normalise, encode, select
+ * and render, produce), so that a stage works on the batch at once: the encoder encodes
+ * the whole batch in one packed forward pass.
  *
  * Selection is uniform among the templates the pack finds eligible, and the decision
  * records that probability: a real logging policy, until the learned one replaces it.
@@ -15,14 +15,17 @@
 #include <librdkafka/rdkafka.h>
 #include <stddef.h>
 
+#include "cache.h"
 #include "config.h"
 #include "kafka.h"
+#include "model.h"
 #include "pack.h"
 
 typedef struct Pipeline Pipeline;
 
-/* Returns NULL when out of memory. k and pack are borrowed and must outlive their use. */
-Pipeline *pipeline_new(const Config *c, Kafka *k, Pack *pack);
+/* Returns NULL when out of memory. k, cache, model and pack are borrowed and must outlive
+ * their use. */
+Pipeline *pipeline_new(const Config *c, Kafka *k, Cache *cache, Model *model, Pack *pack);
 
 /* Serves from pack from the next batch on; returns the pack it replaces. */
 Pack *pipeline_swap_pack(Pipeline *p, Pack *pack);

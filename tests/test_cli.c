@@ -156,3 +156,49 @@ Test(cli, sighup_reloads_or_refuses_the_configuration, .timeout = 90) {
     proc_signal(&p, SIGTERM);
     cr_expect_eq(proc_wait(&p, 30000), 0);
 }
+
+/* --- promptctl and the model --- */
+
+static int run_ctl(const char *const *args) {
+    char *argv[32];
+    int n = 0;
+    argv[n++] = "build/promptctl";
+    for (; *args; args++) argv[n++] = (char *)*args;
+    argv[n] = NULL;
+    Proc p;
+    cr_assert_eq(proc_start(&p, argv, NULL, out, err), 0);
+    int code = proc_wait(&p, 30000);
+    cr_assert_geq(code, 0, "promptctl did not exit within 30 s");
+    return code;
+}
+
+Test(cli, promptctl_encode_prints_vectors_and_similarities) {
+    cr_expect_eq(run_ctl((const char *[]){"encode", "WTG-12 gearbox bearing temp 92C",
+                                          "WTG-07 gearbox bearing temp 95C", NULL}),
+                 0);
+    cr_expect(file_has(out, "normalised: wtg-<num> gearbox bearing temp <num>"));
+    cr_expect(file_has(out, "cosine similarity"));
+    /* The two texts normalise identically, so their vectors are identical. */
+    cr_expect(file_has(out, "[1]   +1.000 +1.000"), "identical texts must have similarity 1");
+}
+
+Test(cli, promptctl_check_validates_a_pack_offline) {
+    cr_expect_eq(run_ctl((const char *[]){"check", "policies/alarm", NULL}), 0);
+    cr_expect(file_has(out, "template triage"));
+    cr_expect_eq(run_ctl((const char *[]){"check", "/nonexistent/pack", NULL}), 78);
+    cr_expect(file_has(err, "init.lua not found"));
+    cr_expect_eq(run_ctl((const char *[]){"frobnicate", NULL}), 64);
+}
+
+Test(cli, a_corrupt_model_is_refused_and_named) {
+    char model[600];
+    harness_path(model, sizeof model, dir, "broken.safetensors");
+    FILE *f = fopen(model, "w");
+    fputs("\x10\x00\x00\x00\x00\x00\x00\x00{not json at all", f);
+    fclose(f);
+    char set[700];
+    snprintf(set, sizeof set, "encoder.model=%s", model);
+    cr_expect_eq(run((const char *[]){"--check", "--set", set, NULL}), 78);
+    cr_expect(file_has(err, "command line: encoder.model: the model"), "no refusal naming it");
+    cr_expect(file_has(err, "broken.safetensors is refused"));
+}

@@ -21,6 +21,7 @@
 #define TOPIC_PROMPTS   "promptd.prompts"
 #define TOPIC_DECISIONS "promptd.decisions"
 #define TOPIC_DEAD      "promptd.dead-letters"
+#define TOPIC_REWARDS   "promptd.rewards"
 
 typedef struct {
     const char *dir;
@@ -50,8 +51,8 @@ static void run_fini(Run *r) {
 /* Hosts the mock cluster in the test process, so that it outlives a killed promptd. */
 static void host_broker(Run *r, int partitions) {
     char err[256];
-    const char *topics[] = {TOPIC_PROMPTS, TOPIC_DECISIONS, TOPIC_DEAD};
-    int rc = mockbroker_start(&r->broker, 3, topics, 3, partitions, err, sizeof err);
+    const char *topics[] = {TOPIC_PROMPTS, TOPIC_DECISIONS, TOPIC_DEAD, TOPIC_REWARDS};
+    int rc = mockbroker_start(&r->broker, 3, topics, 4, partitions, err, sizeof err);
     cr_assert_eq(rc, 0, "mock cluster: %s", err);
     snprintf(r->bootstrap, sizeof r->bootstrap, "%s", mockbroker_bootstraps(r->broker));
 }

@@ -1,0 +1,91 @@
+/*
+ * The learner: its own thread, which turns experiences (decisions joined with their
+ * rewards) into PPO updates of the policy, publishes each new policy for the serving
+ * thread to pick up between batches, and checkpoints it.
+ *
+ * The serving thread never waits for it: it hands experiences over through a bounded
+ * queue (a full queue drops the newest, counted), and picks a new policy up with a
+ * try-lock and one copy of the parameter block, or keeps the one it has.
+ *
+ * The learning record of a decision (learner_record_*) is what the journal keeps: the
+ * state x, the eligible templates (by name hash), the action, log pi and V at acting
+ * time, the policy version, and the session as the episode.
+ */
+#ifndef PD_LEARNER_H
+#define PD_LEARNER_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../kernels/adam.h"
+#include "../kernels/policy.h"
+#include "../kernels/ppo.h"
+#include "journal.h"
+
+typedef struct {
+    PolicyDims dims;
+    PpoConfig ppo;
+    AdamConfig adam;
+    int batch_size;                /* experiences per update */
+    uint64_t max_staleness;        /* experiences from older policy versions are dropped */
+    bool episodes;                 /* GAE over sessions (the pack marks turns of an episode) */
+    char checkpoint_dir[PATH_MAX]; /* "" = no checkpoints */
+    int64_t checkpoint_every_ms;
+    int checkpoint_keep;
+    uint64_t seed;
+    uint64_t model_id; /* the encoder whose vectors the states hold */
+    size_t queue_max;  /* experiences waiting for the learner */
+} LearnerConfig;
+
+typedef struct Learner Learner;
+
+/* Loads the newest valid checkpoint of cfg->checkpoint_dir (naming and skipping corrupt
+ * ones in the log), or initialises a fresh policy, and starts the thread. Returns 0, or
+ * -1 with err. */
+int learner_start(Learner **out, const LearnerConfig *cfg, char *err, size_t errlen);
+
+/* Writes a final checkpoint (when checkpoints are on), stops the thread, frees. */
+void learner_stop(Learner *l);
+
+/* --- the serving thread's side --- */
+
+/* Makes template embeddings known: hashes[i] (of a template's name) has emb[i*E..]. An
+ * experience naming an unknown template is dropped. */
+void learner_add_templates(Learner *l, const uint64_t *hashes, const float *emb, size_t n);
+
+/* Hands an experience over (the learner owns its buffers from now on, also on failure).
+ * Returns 0, or -1 when the queue is full (the experience is dropped and counted). */
+int learner_submit(Learner *l, Experience *e);
+
+/* Copies the latest published policy into params (policy_param_count floats) if it is
+ * newer than *version, updating *version. Never blocks: returns false when there is
+ * nothing new or the learner is publishing right now. */
+bool learner_poll(Learner *l, float *params, uint64_t *version);
+
+typedef struct {
+    uint64_t version;     /* of the latest published policy */
+    uint64_t updates;     /* PPO updates run */
+    uint64_t experiences; /* experiences learned from */
+    uint64_t dropped_stale, dropped_unknown, dropped_full, dropped_bad;
+    uint64_t checkpoints, checkpoint_errors;
+    float kl, entropy, loss, mean_reward; /* of the last update */
+} LearnerStats;
+
+LearnerStats learner_stats(Learner *l);
+
+/* --- learning records --- */
+
+/* Bytes of the record of a decision with k eligible templates. */
+size_t learner_record_size(const PolicyDims *d, int k);
+
+/* Writes a record into buf (learner_record_size bytes). */
+void learner_record_write(void *buf, const PolicyDims *d, uint64_t policy_version, uint64_t episode,
+                          uint32_t turn, const float *x, const uint64_t *templates, int k,
+                          int action, float logp, float value);
+
+/* The layout string checkpoints carry, e.g. "policy/1 D=208 E=64 H=64 Q=32". */
+void learner_layout(char *buf, size_t len, const PolicyDims *d);
+
+#endif
