@@ -40,15 +40,17 @@ ALL_CFLAGS = $(WARN) -D_GNU_SOURCE -DPD_DATADIR='"$(datadir)/promptd"' -MMD -MP 
 ALL_LIBS   = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
 SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-KERNELS    := normalize rng tokenize encoder safetensors policy ppo adam
+KERNELS    := normalize rng tokenize encoder encoder_backward triplet safetensors policy ppo adam
 DAEMON     := cache checkpoint config hashmap journal kafka learner log luacore luapat message model \
-              mockbroker offsets pack packwatch pd pipeline redis sandbox session stats
+              mockbroker offsets pack packwatch pd pipeline redis sandbox scenario selector session train \
+              stats
+CTL        := promptctl ctl_simulate ctl_train
 KERNEL_SRC := $(KERNELS:%=kernels/%.c)
 DAEMON_SRC := $(DAEMON:%=daemon/%.c)
 LIB_SRC    := $(KERNEL_SRC) $(DAEMON_SRC)
 UNIT_TESTS := config normalize message offsets log rng luapat lua journal checkpoint session \
               tokenize encoder safetensors cache policy
-INTEG_TESTS := cli stream
+INTEG_TESTS := cli stream learning
 TEST_HELPERS := tests/harness.c
 
 LIB_OBJ      := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
@@ -100,7 +102,7 @@ $(BUILD)/san/%.o: %.c
 $(BUILD)/promptd: $(BUILD)/obj/daemon/main.o $(LIB_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
 
-$(BUILD)/promptctl: $(BUILD)/obj/daemon/promptctl.o $(LIB_OBJ)
+$(BUILD)/promptctl: $(CTL:%=$(BUILD)/obj/daemon/%.o) $(LIB_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
 
 # The seeded random default model, until a trained one ships: 40 MB, generated at

@@ -10,18 +10,20 @@
 #include <glob.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "journal.h"
 #include "log.h"
 #include "pd.h"
 #include "redis.h"
 
 #define INCLUDE_DEPTH_MAX 8
 
-typedef enum { T_STR, T_INT, T_SIZE, T_DURATION, T_BOOL, T_LEVEL, T_MODULES } KeyType;
+typedef enum { T_STR, T_INT, T_SIZE, T_DURATION, T_BOOL, T_LEVEL, T_MODULES, T_REAL } KeyType;
 
 typedef struct KeyDef KeyDef;
 typedef int (*Validator)(const KeyDef *def, const char *value, char *err, size_t errlen);
@@ -29,8 +31,8 @@ typedef int (*Validator)(const KeyDef *def, const char *value, char *err, size_t
 struct KeyDef {
     const char *name;
     KeyType type;
-    const char *def;  /* the default, written as a file would write it */
-    int64_t min, max; /* numeric bounds; for strings, bounds of the length */
+    const char *def; /* the default, written as a file would write it */
+    double min, max; /* numeric bounds; for strings, bounds of the length (exact below 2^53) */
     bool reloadable;
     size_t offset; /* of the field in Config */
     Validator validate;
@@ -39,6 +41,8 @@ struct KeyDef {
 
 static int validate_topic(const KeyDef *def, const char *value, char *err, size_t errlen);
 static int validate_redis_url(const KeyDef *def, const char *value, char *err, size_t errlen);
+static int validate_reward_default(const KeyDef *def, const char *value, char *err, size_t errlen);
+static int validate_aggregate(const KeyDef *def, const char *value, char *err, size_t errlen);
 static int validate_modules(const KeyDef *def, const char *value, char *err, size_t errlen);
 
 #define F(field) offsetof(Config, field)
@@ -107,6 +111,49 @@ static const KeyDef keys[] = {
      "Lua call depth a script may reach"},
     {"lua.max_string", T_SIZE, "1mb", 1 * KB, 1024 * MB, true, F(lua_max_string), NULL,
      "largest string string.rep may build"},
+    {"policy.temperature", T_REAL, "0.7", 0.01, 100, true, F(policy_temperature), NULL,
+     "softmax temperature of the template sampler: lower is greedier"},
+    {"policy.min_prob", T_REAL, "0.005", 0, 1, true, F(policy_min_prob), NULL,
+     "probability floor of every eligible template (off-policy evaluation needs it)"},
+    {"policy.greedy", T_BOOL, "no", 0, 1, true, F(policy_greedy), NULL,
+     "always choose the best-scored template (the logged p stays the sampler's)"},
+    {"reward.window", T_DURATION, "10m", 1, 7 * 24 * 60 * MIN, false, F(reward_window_ms), NULL,
+     "how long a decision waits for its reward events"},
+    {"reward.default", T_STR, "0", 1, 64, true, F(reward_default), validate_reward_default,
+     "reward of a decision whose window closes without an event: a number, or drop"},
+    {"reward.aggregate", T_STR, "first", 1, 16, true, F(reward_aggregate), validate_aggregate,
+     "how several events for one decision combine: first, last, sum, max or mean"},
+    {"reward.clip", T_REAL, "10", 1e-6, 1e12, true, F(reward_clip), NULL,
+     "rewards are clipped to [-clip, clip]"},
+    {"journal.max_entries", T_INT, "1000000", 1, 100000000, true, F(journal_max_entries), NULL,
+     "decisions waiting for rewards; the oldest close early beyond it"},
+    {"session.ttl", T_DURATION, "1h", 1 * SEC, 30 * 24 * 60 * MIN, true, F(session_ttl_ms), NULL,
+     "a session unseen this long starts afresh"},
+    {"session.max", T_INT, "100000", 1, 100000000, false, F(session_max), NULL,
+     "sessions remembered; the least recently seen go first"},
+    {"learner.enabled", T_BOOL, "yes", 0, 1, false, F(learner_enabled), NULL,
+     "learn online from rewards (no: serve the loaded policy as it is)"},
+    {"learner.batch_size", T_INT, "256", 8, 1000000, false, F(learner_batch_size), NULL,
+     "experiences per PPO update"},
+    {"learner.epochs", T_INT, "4", 1, 100, false, F(learner_epochs), NULL,
+     "passes over a batch per update"},
+    {"learner.minibatch", T_INT, "64", 1, 100000, false, F(learner_minibatch), NULL,
+     "experiences per optimiser step"},
+    {"learner.lr", T_REAL, "0.003", 1e-8, 1, false, F(learner_lr), NULL, "Adam's learning rate"},
+    {"learner.target_kl", T_REAL, "0.02", 0, 100, false, F(learner_target_kl), NULL,
+     "an update stops its epochs once the policy moved this far (approximate KL)"},
+    {"learner.entropy_coef", T_REAL, "0.01", 0, 10, false, F(learner_entropy_coef), NULL,
+     "weight of the entropy bonus, which keeps the policy exploring"},
+    {"learner.max_staleness", T_INT, "16", 0, 1000000, false, F(learner_max_staleness), NULL,
+     "experiences from policies this many versions older are not learned from"},
+    {"learner.episodes", T_BOOL, "no", 0, 1, false, F(learner_episodes), NULL,
+     "sessions are episodes: advantages by GAE over a session's turns"},
+    {"learner.checkpoint_dir", T_STR, "", 0, PATH_MAX, false, F(learner_checkpoint_dir), NULL,
+     "where the policy is saved (empty: $STATE_DIRECTORY, else ./promptd-state)"},
+    {"learner.checkpoint_every", T_DURATION, "1m", 0, 24 * 60 * MIN, false,
+     F(learner_checkpoint_every_ms), NULL, "time between checkpoints (0: after every update)"},
+    {"learner.checkpoint_keep", T_INT, "5", 1, 1000, false, F(learner_checkpoint_keep), NULL,
+     "checkpoints kept; older ones are removed"},
     {"prompt.max_bytes", T_SIZE, "64kb", 16, 16 * MB, true, F(prompt_max_bytes), NULL,
      "larger prompt messages go to the dead-letter topic"},
     {"dead_letter.max_payload", T_SIZE, "512kb", 1 * KB, 16 * MB, true, F(dead_letter_max_payload),
@@ -140,6 +187,10 @@ static char **str_field(Config *c, const KeyDef *def) {
 
 static int64_t *num_field(Config *c, const KeyDef *def) {
     return (int64_t *)((char *)c + def->offset);
+}
+
+static double *real_field(Config *c, const KeyDef *def) {
+    return (double *)((char *)c + def->offset);
 }
 
 static bool is_string_type(KeyType t) {
@@ -284,6 +335,23 @@ static int validate_redis_url(const KeyDef *def, const char *value, char *err, s
     return redis_url_parse(&url, value, err, errlen) ? -1 : 0;
 }
 
+static int validate_reward_default(const KeyDef *def, const char *value, char *err, size_t errlen) {
+    char *end;
+    (void)def;
+    if (!strcmp(value, "drop")) return 0;
+    double r = strtod(value, &end);
+    if (end != value && !*end && isfinite(r)) return 0;
+    snprintf(err, errlen, "expects a number or drop, got '%s'", value);
+    return -1;
+}
+
+static int validate_aggregate(const KeyDef *def, const char *value, char *err, size_t errlen) {
+    (void)def;
+    if (journal_rule_parse(value) >= 0) return 0;
+    snprintf(err, errlen, "expects first, last, sum, max or mean, got '%s'", value);
+    return -1;
+}
+
 static int validate_modules(const KeyDef *def, const char *value, char *err, size_t errlen) {
     (void)def;
     uint32_t mask;
@@ -347,8 +415,8 @@ static int parse_number(const KeyDef *def, const char *value, int64_t *out, char
 
     if (*out < def->min || *out > def->max) {
         char lo[32], hi[32];
-        format_number(def->type, def->min, lo, sizeof lo);
-        format_number(def->type, def->max, hi, sizeof hi);
+        format_number(def->type, (int64_t)def->min, lo, sizeof lo);
+        format_number(def->type, (int64_t)def->max, hi, sizeof hi);
         snprintf(err, errlen, "must be between %s and %s, got '%s'", lo, hi, value);
         return -1;
     }
@@ -363,13 +431,25 @@ static int set_known(Config *c, const KeyDef *def, const char *value, char *err,
             return -1;
         }
         if ((int64_t)len > def->max) {
-            snprintf(err, errlen, "is %zu bytes long, at most %" PRId64 " allowed", len, def->max);
+            snprintf(err, errlen, "is %zu bytes long, at most %.0f allowed", len, def->max);
             return -1;
         }
         if (def->validate && def->validate(def, value, err, errlen)) return -1;
         char **field = str_field(c, def);
         free(*field);
         *field = pd_xstrdup(value);
+        return 0;
+    }
+
+    if (def->type == T_REAL) {
+        char *end;
+        double r = strtod(value, &end);
+        if (end == value || *end || !(r >= def->min && r <= def->max)) {
+            snprintf(err, errlen, "expects a number from %g to %g, got '%s'", def->min, def->max,
+                     value);
+            return -1;
+        }
+        *real_field(c, def) = r;
         return 0;
     }
 
@@ -670,6 +750,7 @@ ConfigOrigin config_origin(const Config *c, const char *key) {
 static bool key_differs(const Config *a, const Config *b, const KeyDef *def) {
     if (is_string_type(def->type))
         return strcmp(*str_field((Config *)a, def), *str_field((Config *)b, def)) != 0;
+    if (def->type == T_REAL) return *real_field((Config *)a, def) != *real_field((Config *)b, def);
     return *num_field((Config *)a, def) != *num_field((Config *)b, def);
 }
 
@@ -696,6 +777,8 @@ int config_apply_reload(Config *live, const Config *fresh, void (*note)(void *, 
             char **field = str_field(live, def);
             free(*field);
             *field = pd_xstrdup(*str_field((Config *)fresh, def));
+        } else if (def->type == T_REAL) {
+            *real_field(live, def) = *real_field((Config *)fresh, def);
         } else {
             *num_field(live, def) = *num_field((Config *)fresh, def);
         }
@@ -730,6 +813,8 @@ void config_dump(const Config *c, FILE *out) {
         fprintf(out, "%-32s ", def->name);
         if (is_string_type(def->type)) {
             print_quoted(out, *str_field((Config *)c, def));
+        } else if (def->type == T_REAL) {
+            fprintf(out, "%.17g", *real_field((Config *)c, def));
         } else {
             char value[64];
             format_number(def->type, *num_field((Config *)c, def), value, sizeof value);
@@ -742,8 +827,8 @@ void config_dump(const Config *c, FILE *out) {
 }
 
 static const char *type_name(KeyType t) {
-    static const char *const names[] = {"string", "integer", "size",       "duration",
-                                        "yes/no", "level",   "module list"};
+    static const char *const names[] = {"string", "integer", "size",        "duration",
+                                        "yes/no", "level",   "module list", "number"};
     return names[t];
 }
 
@@ -753,10 +838,11 @@ void config_describe(FILE *out) {
         fprintf(out, "%s (%s, default \"%s\"", def->name, type_name(def->type), def->def);
         if (def->type == T_INT || def->type == T_SIZE || def->type == T_DURATION) {
             char lo[32], hi[32];
-            format_number(def->type, def->min, lo, sizeof lo);
-            format_number(def->type, def->max, hi, sizeof hi);
+            format_number(def->type, (int64_t)def->min, lo, sizeof lo);
+            format_number(def->type, (int64_t)def->max, hi, sizeof hi);
             fprintf(out, ", %s to %s", lo, hi);
         }
+        if (def->type == T_REAL) fprintf(out, ", %g to %g", def->min, def->max);
         fprintf(out, "%s)\n    %s\n", def->reloadable ? ", reloadable" : "", def->help);
     }
     fprintf(out, "kafka.consumer.<property>, kafka.producer.<property> (passed to librdkafka)\n"

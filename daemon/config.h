@@ -73,6 +73,30 @@ typedef struct Config {
     int64_t lua_max_depth;
     int64_t lua_max_string;
 
+    /* policy and learning */
+    double policy_temperature;
+    double policy_min_prob;
+    int64_t policy_greedy;
+    int64_t reward_window_ms;
+    char *reward_default; /* a number, or "drop" */
+    char *reward_aggregate;
+    double reward_clip;
+    int64_t journal_max_entries;
+    int64_t session_ttl_ms;
+    int64_t session_max;
+    int64_t learner_enabled;
+    int64_t learner_batch_size;
+    int64_t learner_epochs;
+    int64_t learner_minibatch;
+    double learner_lr;
+    double learner_target_kl;
+    double learner_entropy_coef;
+    int64_t learner_max_staleness;
+    int64_t learner_episodes;
+    char *learner_checkpoint_dir; /* "" = $STATE_DIRECTORY, else ./promptd-state */
+    int64_t learner_checkpoint_every_ms;
+    int64_t learner_checkpoint_keep;
+
     /* messages */
     int64_t prompt_max_bytes;
     int64_t dead_letter_max_payload;

@@ -620,7 +620,9 @@ int kafka_poll_batch(Kafka *k, rd_kafka_message_t **msgs, int max, int wait_ms, 
         kafka_release(msgs, n);
         return rc;
     }
-    pd_count(&pd_stats.prompts_consumed, (uint64_t)n);
+    int prompts = 0;
+    for (int i = 0; i < n; i++) prompts += kafka_input_of(k, msgs[i]) == KAFKA_PROMPTS;
+    pd_count(&pd_stats.prompts_consumed, (uint64_t)prompts);
     return n;
 }
 

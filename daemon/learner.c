@@ -70,7 +70,8 @@ struct Learner {
     float *published;
     uint64_t published_version;
 
-    pthread_mutex_t slock;
+    pthread_mutex_t slock; /* guards stats and the two sampling settings */
+    float sampling_temperature, sampling_min_prob;
     LearnerStats stats;
 };
 
@@ -163,6 +164,18 @@ static void on_skip(void *ctx, const char *path, const char *why) {
     (void)path;
 }
 
+/* Glorot everywhere, then the state side of the score shrunk 100-fold: a fresh policy is
+ * then close to uniform over the eligible templates, so it explores them all instead of
+ * committing to whichever one a random init happens to favour. The gradient of W2 does not
+ * depend on its own scale, so learning starts at full speed. */
+static void fresh_policy(float *params, const PolicyDims *d, uint64_t seed) {
+    PolicyTensor t[POLICY_NTENSORS];
+    policy_layout(t, d);
+    policy_init(params, d, seed);
+    for (int k = POLICY_FC2_W; k <= POLICY_FC2_B; k++)
+        for (size_t i = 0; i < t[k].size; i++) params[t[k].offset + i] *= 0.01f;
+}
+
 /* The newest valid checkpoint, or a fresh policy. */
 static int restore(Learner *l, char *err, size_t errlen) {
     Checkpoint ck;
@@ -182,7 +195,7 @@ static int restore(Learner *l, char *err, size_t errlen) {
         found = 0;
     }
     if (!found) {
-        policy_init(l->params, &l->cfg.dims, l->cfg.seed);
+        fresh_policy(l->params, &l->cfg.dims, l->cfg.seed);
         pd_log(PD_LOG_INFO, PD_MOD_LEARNER, "starting a fresh policy (%s)", l->layout);
         return 0;
     }
@@ -332,6 +345,10 @@ static void update(Learner *l) {
     int n = fill_batch(l, &nt, &kmax);
     hashmap_free(&l->batch.rows);
 
+    pthread_mutex_lock(&l->slock);
+    l->cfg.ppo.temperature = l->sampling_temperature;
+    l->cfg.ppo.min_prob = l->sampling_min_prob;
+    pthread_mutex_unlock(&l->slock);
     int rc = n > 0 ? run_ppo(l, n, nt, kmax, &st) : 0;
     if (n > 0 && rc == 0) {
         l->version++;
@@ -397,6 +414,8 @@ int learner_start(Learner **out, const LearnerConfig *cfg, char *err, size_t err
     pthread_mutex_init(&l->tlock, NULL);
     pthread_mutex_init(&l->plock, NULL);
     pthread_mutex_init(&l->slock, NULL);
+    l->sampling_temperature = l->cfg.ppo.temperature;
+    l->sampling_min_prob = l->cfg.ppo.min_prob;
 
     if (restore(l, err, errlen)) goto fail;
     l->last_checkpoint_ms = (int64_t)pd_mono_ms();
@@ -444,6 +463,13 @@ void learner_stop(Learner *l) {
     free(l->work);
     batch_free(&l->batch);
     free(l);
+}
+
+void learner_set_sampling(Learner *l, float temperature, float min_prob) {
+    pthread_mutex_lock(&l->slock);
+    l->sampling_temperature = temperature;
+    l->sampling_min_prob = min_prob;
+    pthread_mutex_unlock(&l->slock);
 }
 
 void learner_add_templates(Learner *l, const uint64_t *hashes, const float *emb, size_t n) {

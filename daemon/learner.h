@@ -55,6 +55,10 @@ void learner_stop(Learner *l);
  * experience naming an unknown template is dropped. */
 void learner_add_templates(Learner *l, const uint64_t *hashes, const float *emb, size_t n);
 
+/* The sampler's temperature and probability floor changed (a reload): the next updates
+ * compute probabilities as the serving side now does. */
+void learner_set_sampling(Learner *l, float temperature, float min_prob);
+
 /* Hands an experience over (the learner owns its buffers from now on, also on failure).
  * Returns 0, or -1 when the queue is full (the experience is dropped and counted). */
 int learner_submit(Learner *l, Experience *e);

@@ -23,7 +23,11 @@
 #include "pack.h"
 #include "packwatch.h"
 #include "pd.h"
+#include "journal.h"
+#include "learner.h"
 #include "pipeline.h"
+#include "selector.h"
+#include "session.h"
 #include "stats.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -196,10 +200,26 @@ typedef struct {
     Cache *cache;
     Pack *pack; /* the pack serving now */
     PackWatch *packwatch;
+    Selector *selector;
+    Journal *journal;
+    SessionStore *sessions;
+    Learner *learner;
     Pipeline *pipeline;
     rd_kafka_message_t **batch;
     size_t batch_cap;
 } Service;
+
+static JournalConfig journal_config(const Config *c) {
+    bool drop = !strcmp(c->reward_default, "drop");
+    return (JournalConfig){(JournalRule)journal_rule_parse(c->reward_aggregate),
+                           c->reward_window_ms, drop, drop ? 0 : strtod(c->reward_default, NULL),
+                           (size_t)c->journal_max_entries};
+}
+
+static PolicySampling sampling_of(const Config *c) {
+    return (PolicySampling){(float)c->policy_temperature, (float)c->policy_min_prob,
+                            c->policy_greedy != 0};
+}
 
 static void note_restart_needed(void *ctx, const char *key) {
     (void)ctx;
@@ -236,6 +256,11 @@ static void reload(Service *s) {
     packwatch_request(s->packwatch);
     kafka_reconfigure(s->kafka, &s->config);
     pipeline_reconfigure(s->pipeline, &s->config);
+    PolicySampling sampling = sampling_of(&s->config);
+    selector_configure(s->selector, &sampling);
+    if (s->learner) learner_set_sampling(s->learner, sampling.temperature, sampling.min_prob);
+    JournalConfig jc = journal_config(&s->config);
+    journal_configure(s->journal, &jc);
     if (resize_batch(s)) s->config.batch_size = (int64_t)s->batch_cap;
     pd_log(PD_LOG_NOTICE, PD_MOD_CONFIG, "configuration reloaded: %d key(s) changed", applied);
 }
@@ -320,11 +345,63 @@ static int start_cache(Service *s) {
     return PD_EXIT_OK;
 }
 
+/* Where checkpoints go: configured, or systemd's StateDirectory, or ./promptd-state. */
+static void checkpoint_dir(const Config *c, char *dir, size_t len) {
+    const char *state = getenv("STATE_DIRECTORY");
+    if (c->learner_checkpoint_dir[0])
+        snprintf(dir, len, "%s", c->learner_checkpoint_dir);
+    else if (state && *state)
+        snprintf(dir, len, "%.*s", (int)strcspn(state, ":"), state);
+    else
+        snprintf(dir, len, "promptd-state");
+}
+
+static int start_learning(Service *s) {
+    char err[1024];
+    const Config *c = &s->config;
+    PolicyDims dims = selector_dims(model_dim(s->model));
+    LearnerConfig lc = {.dims = dims,
+                        .ppo = ppo_defaults(),
+                        .adam = adam_defaults(),
+                        .batch_size = (int)c->learner_batch_size,
+                        .max_staleness = (uint64_t)c->learner_max_staleness,
+                        .episodes = c->learner_episodes != 0,
+                        .checkpoint_every_ms = c->learner_checkpoint_every_ms,
+                        .checkpoint_keep = (int)c->learner_checkpoint_keep,
+                        .seed = (uint64_t)c->policy_seed + 1,
+                        .model_id = model_id_u64(s->model),
+                        .queue_max = 64 * (size_t)c->learner_batch_size};
+    lc.ppo.epochs = (int)c->learner_epochs;
+    lc.ppo.minibatch = (int)c->learner_minibatch;
+    lc.ppo.target_kl = (float)c->learner_target_kl;
+    lc.ppo.entropy_coef = (float)c->learner_entropy_coef;
+    lc.ppo.temperature = (float)c->policy_temperature;
+    lc.ppo.min_prob = (float)c->policy_min_prob;
+    lc.adam.lr = c->learner_lr;
+    checkpoint_dir(c, lc.checkpoint_dir, sizeof lc.checkpoint_dir);
+
+    PolicySampling sampling = sampling_of(c);
+    s->selector = selector_new(model_dim(s->model), &sampling, (uint64_t)c->policy_seed);
+    JournalConfig jc = journal_config(c);
+    s->journal = journal_new(&jc);
+    s->sessions = session_new(model_dim(s->model), c->session_ttl_ms, (size_t)c->session_max);
+    if (!s->selector || !s->journal || !s->sessions) {
+        pd_log(PD_LOG_ERR, PD_MOD_MAIN, "out of memory at start-up");
+        return PD_EXIT_SOFTWARE;
+    }
+    if (learner_start(&s->learner, &lc, err, sizeof err)) {
+        pd_log(PD_LOG_ERR, PD_MOD_LEARNER, "%s", err);
+        return PD_EXIT_SOFTWARE;
+    }
+    return PD_EXIT_OK;
+}
+
 static int start(Service *s) {
     char err[1024];
     const char *brokers;
     int code = start_model(s);
     if (code == PD_EXIT_OK) code = start_cache(s);
+    if (code == PD_EXIT_OK) code = start_learning(s);
     if (code == PD_EXIT_OK) code = start_pack(s);
     if (code) return code;
     if (start_broker(s, &brokers)) return PD_EXIT_TEMPFAIL;
@@ -333,8 +410,17 @@ static int start(Service *s) {
         pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "%s", err);
         return PD_EXIT_TEMPFAIL;
     }
-    s->pipeline = pipeline_new(&s->config, s->kafka, s->cache, s->model, s->pack);
-    if (!s->pipeline || resize_batch(s)) {
+    PipelineParts parts = {s->kafka,   s->cache,    s->model,   s->selector,
+                           s->journal, s->sessions, s->learner, s->config.learner_enabled != 0};
+    s->pipeline = pipeline_new(&s->config, &parts);
+    Pack *none = s->pipeline ? pipeline_use_pack(s->pipeline, s->pack, err, sizeof err) : s->pack;
+    if (none == s->pack) {
+        pd_log(PD_LOG_ERR, PD_MOD_MAIN, "cannot start the pipeline: %s",
+               s->pipeline ? err : "out of memory");
+        return PD_EXIT_SOFTWARE;
+    }
+    pipeline_tick(s->pipeline, pd_wall_ms()); /* the restored or fresh policy */
+    if (resize_batch(s)) {
         pd_log(PD_LOG_ERR, PD_MOD_MAIN, "out of memory at start-up");
         return PD_EXIT_SOFTWARE;
     }
@@ -348,9 +434,16 @@ static int start(Service *s) {
 /* Between batches: a newly checked pack replaces the serving one, which goes back to the
  * loader thread to be closed. */
 static void swap_pack(Service *s) {
+    char err[512];
     Pack *fresh = packwatch_take(s->packwatch);
     if (!fresh) return;
-    Pack *old = pipeline_swap_pack(s->pipeline, fresh);
+    Pack *old = pipeline_use_pack(s->pipeline, fresh, err, sizeof err);
+    if (old == fresh) {
+        pd_log(PD_LOG_ERR, PD_MOD_LUA, "pack %s version %s not used: %s", pack_name(fresh),
+               pack_version(fresh), err);
+        packwatch_retire(s->packwatch, fresh);
+        return;
+    }
     s->pack = fresh;
     packwatch_retire(s->packwatch, old);
 }
@@ -379,6 +472,7 @@ static int serve(Service *s) {
             reload(s);
         }
         swap_pack(s);
+        pipeline_tick(s->pipeline, pd_wall_ms());
         if (pd_mono_ms() >= next_tick) {
             pd_log_tick();
             next_tick = pd_mono_ms() + 1000;
@@ -391,11 +485,13 @@ static void log_summary(size_t unacked) {
     uint64_t dead = 0;
     for (int r = 0; r < MSG_REASON_COUNT; r++) dead += pd_read(&pd_stats.dead_letters_acked[r]);
     pd_log(PD_LOG_NOTICE, PD_MOD_MAIN,
-           "stopped: prompts=%" PRIu64 " decisions=%" PRIu64 " dead_letters=%" PRIu64
-           " unacked=%zu produce_failures=%" PRIu64 " pauses=%" PRIu64 " rebalances=%" PRIu64
-           " pack_reloads=%" PRIu64 " pack_refused=%" PRIu64 " render_errors=%" PRIu64,
+           "stopped: prompts=%" PRIu64 " decisions=%" PRIu64 " rewards=%" PRIu64
+           " dead_letters=%" PRIu64 " unacked=%zu produce_failures=%" PRIu64 " pauses=%" PRIu64
+           " rebalances=%" PRIu64 " pack_reloads=%" PRIu64 " pack_refused=%" PRIu64
+           " render_errors=%" PRIu64,
            (uint64_t)pd_read(&pd_stats.prompts_consumed),
-           (uint64_t)pd_read(&pd_stats.decisions_acked), dead, unacked,
+           (uint64_t)pd_read(&pd_stats.decisions_acked),
+           (uint64_t)pd_read(&pd_stats.rewards_consumed), dead, unacked,
            (uint64_t)pd_read(&pd_stats.produce_failures), (uint64_t)pd_read(&pd_stats.pauses),
            (uint64_t)pd_read(&pd_stats.rebalances), (uint64_t)pd_read(&pd_stats.pack_reloads_ok),
            (uint64_t)pd_read(&pd_stats.pack_reloads_failed),
@@ -415,6 +511,10 @@ static void stop(Service *s) {
         kafka_close(s->kafka);
     }
     pipeline_free(s->pipeline);
+    learner_stop(s->learner); /* writes the final checkpoint */
+    journal_free(s->journal);
+    session_free(s->sessions);
+    selector_free(s->selector);
     packwatch_stop(s->packwatch);
     pack_free(s->pack);
     cache_close(s->cache);

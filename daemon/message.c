@@ -3,6 +3,7 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -329,6 +330,8 @@ int msg_encode_decision(MsgBuf *out, const Prompt *p, const Decision *d) {
           put_string(out, d->template_name, strlen(d->template_name));
     bad = bad || put_raw(out, ",\"prompt\":") || put_string(out, d->prompt, d->prompt_len);
     bad = bad || put_raw(out, ",\"p\":") || put_probability(out, d->p);
+    if (isfinite(d->value))
+        bad = bad || put_raw(out, ",\"value\":") || put_probability(out, d->value);
     bad = bad || put_raw(out, ",\"pack\":") || put_string(out, d->pack, strlen(d->pack));
     bad = bad || put_raw(out, ",\"script_version\":") ||
           put_string(out, d->script_version, strlen(d->script_version));

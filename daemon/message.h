@@ -2,8 +2,8 @@
  * The wire formats: decoding a prompt, encoding a decision and a dead letter (JSON, UTF-8).
  *
  *   prompt:      {"id": "...", "text": "...", "session": "...", "attrs": {...}}
- *   decision:    {"id", "session"?, "template", "prompt", "p", "pack", "script_version",
- *                 "policy_version", "ts"}
+ *   decision:    {"id", "session"?, "template", "prompt", "p", "value"?, "pack",
+ *                 "script_version", "policy_version", "ts"}
  *   dead letter: {"reason", "error", "topic", "partition", "offset", "timestamp",
  *                 "payload" | "payload_base64", "payload_bytes", "payload_truncated"}
  *
@@ -83,6 +83,7 @@ typedef struct {
     const char *prompt;        /* the rendered prompt */
     size_t prompt_len;
     double p;                   /* the probability the logging policy gave the choice */
+    double value;               /* the policy's V(state); left out of the JSON if not finite */
     const char *pack;           /* the pack's name */
     const char *script_version; /* the pack's version (a hash of its files) */
     int64_t policy_version;     /* 0: the uniform logging policy */

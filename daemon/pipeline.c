@@ -1,13 +1,15 @@
-/* Batch stages: decode, normalise, select and render, produce. */
+/* Batch stages (decode, normalise, embed, select, render, produce, journal) and the
+ * reward path; see pipeline.h. */
 #include "pipeline.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
 #include "../kernels/normalize.h"
-#include "../kernels/rng.h"
+#include "hashmap.h"
 #include "log.h"
 #include "message.h"
 #include "pd.h"
@@ -20,10 +22,10 @@ typedef struct {
     MsgReason reason; /* MSG_OK, or why it becomes a dead letter */
     char why[1024];
     size_t norm_off, norm_len; /* the normalised text, in Pipeline.norm */
-    size_t tpl;                /* the chosen template */
-    double p;                  /* its probability under the logging policy */
-    size_t out_off, out_len;   /* the rendered prompt, in Pipeline.rendered */
     const float *vector;       /* the semantic vector, in Pipeline.vectors */
+    Selection sel;             /* the policy's choice */
+    size_t out_off, out_len;   /* the rendered prompt, in Pipeline.rendered */
+    size_t rec_off, rec_len;   /* the learning record, in Pipeline.records */
 } Slot;
 
 /* A growable byte arena for the texts of one batch. */
@@ -33,19 +35,25 @@ typedef struct {
 } Arena;
 
 struct Pipeline {
+    PipelineParts parts;
     Kafka *kafka;
     Cache *cache;
     Model *model;
     Pack *pack;
-    Rng rng;
     size_t max_bytes;
     size_t max_dead_payload;
-    char *prompts_topic;
+    double reward_clip;
+    char *prompts_topic, *rewards_topic;
 
     Slot *slots;
     size_t slots_cap;
     Arena norm;     /* normalised texts, NUL-terminated */
     Arena rendered; /* rendered prompts */
+    Arena records;  /* learning records */
+    float *x;       /* one state */
+    size_t x_cap;
+    float features[PACK_FEATURES_MAX];
+    float *policy_copy; /* where a new policy from the learner lands */
     int32_t *norm_work;
     size_t norm_work_cap;
     bool *eligible; /* one flag per template of the pack */
@@ -80,23 +88,19 @@ static int arena_reserve(Arena *a, size_t more) {
     return reserve((void **)&a->data, &a->cap, a->len + more, 1);
 }
 
-static uint64_t seed_from(const Config *c) {
-    uint64_t seed = (uint64_t)c->policy_seed;
-    if (seed == 0 && getrandom(&seed, sizeof seed, 0) != sizeof seed) seed = pd_mono_ns();
-    return seed;
-}
-
-Pipeline *pipeline_new(const Config *c, Kafka *k, Cache *cache, Model *model, Pack *pack) {
+Pipeline *pipeline_new(const Config *c, const PipelineParts *parts) {
     Pipeline *p = calloc(1, sizeof *p);
     if (!p) return NULL;
-    p->kafka = k;
-    p->cache = cache;
-    p->model = model;
-    p->pack = pack;
-    rng_seed(&p->rng, seed_from(c));
+    p->parts = *parts;
+    p->kafka = parts->kafka;
+    p->cache = parts->cache;
+    p->model = parts->model;
     p->prompts_topic = strdup(c->topic_prompts);
-    if (!p->prompts_topic) {
-        free(p);
+    p->rewards_topic = strdup(c->topic_rewards);
+    size_t D = (size_t)selector_policy_dims(parts->selector)->D;
+    if (!p->prompts_topic || !p->rewards_topic ||
+        reserve((void **)&p->x, &p->x_cap, D, sizeof *p->x)) {
+        pipeline_free(p);
         return NULL;
     }
     pipeline_reconfigure(p, c);
@@ -108,6 +112,10 @@ void pipeline_free(Pipeline *p) {
     free(p->slots);
     free(p->norm.data);
     free(p->rendered.data);
+    free(p->records.data);
+    free(p->x);
+    free(p->policy_copy);
+    free(p->rewards_topic);
     free(p->norm_work);
     free(p->eligible);
     free(p->vectors);
@@ -126,9 +134,75 @@ void pipeline_free(Pipeline *p) {
 void pipeline_reconfigure(Pipeline *p, const Config *c) {
     p->max_bytes = (size_t)c->prompt_max_bytes;
     p->max_dead_payload = (size_t)c->dead_letter_max_payload;
+    p->reward_clip = c->reward_clip;
 }
 
-Pack *pipeline_swap_pack(Pipeline *p, Pack *pack) {
+static uint64_t template_hash(const char *name) {
+    return hashmap_hash(name, strlen(name), 0x74656d706c617465u);
+}
+
+/* Normalises and encodes the about sentences of pack's templates into emb [n, E]. */
+static int encode_abouts(Pipeline *p, const Pack *pack, float *emb, char *err, size_t errlen) {
+    size_t n = pack_template_count(pack), E = (size_t)model_dim(p->model);
+    const char **texts = calloc(n, sizeof *texts);
+    size_t *lens = calloc(n, sizeof *lens);
+    int rc = texts && lens ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const char *about = pack_template(pack, i)->about;
+        size_t len = strlen(about), cap = norm_out_cap(len), wcap = norm_work_cap(len);
+        char *out = malloc(cap);
+        int32_t *work = malloc(wcap * sizeof *work);
+        ptrdiff_t got = out && work ? norm_text(out, cap, about, len, work, wcap, NORM_MASK) : -1;
+        free(work);
+        texts[i] = out;
+        lens[i] = got < 0 ? 0 : (size_t)got;
+        if (got < 0) rc = -1;
+    }
+    if (rc == 0)
+        rc = model_encode(p->model, texts, lens, n, emb, err, errlen);
+    else
+        snprintf(err, errlen, "out of memory encoding the templates");
+    for (size_t i = 0; texts && i < n; i++) free((char *)texts[i]);
+    free(texts);
+    free(lens);
+    (void)E;
+    return rc;
+}
+
+/* Template descriptions share most of their wording ("Summarise ...", "Explain ..."), so
+ * their embeddings sit close together (cosines of 0.7 to 0.9) and the policy would spend
+ * most of its learning pulling them apart. Removing the pack's mean direction and
+ * re-normalising keeps only what tells the templates apart. With a single template there
+ * is nothing to tell apart, and it stays as it is. */
+static void center_templates(float *emb, size_t n, size_t E) {
+    if (n < 2) return;
+    float mean[1024] = {0};
+    PD_ASSERT(E <= PD_ARRAY_LEN(mean));
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < E; j++) mean[j] += emb[i * E + j] / (float)n;
+    for (size_t i = 0; i < n; i++) {
+        float *t = emb + i * E, norm = 0;
+        for (size_t j = 0; j < E; j++) t[j] -= mean[j], norm += t[j] * t[j];
+        norm = sqrtf(norm);
+        for (size_t j = 0; j < E && norm > 1e-6f; j++) t[j] /= norm;
+    }
+}
+
+Pack *pipeline_use_pack(Pipeline *p, Pack *pack, char *err, size_t errlen) {
+    size_t n = pack_template_count(pack), E = (size_t)model_dim(p->model);
+    float *emb = malloc(n * E * sizeof *emb);
+    uint64_t *hashes = malloc(n * sizeof *hashes);
+    int rc = emb && hashes ? encode_abouts(p, pack, emb, err, errlen) : -1;
+    if (rc == 0) center_templates(emb, n, E);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        hashes[i] = template_hash(pack_template(pack, i)->name);
+    if (rc == 0 && selector_set_templates(p->parts.selector, hashes, emb, n)) rc = -1;
+    if (rc == 0) learner_add_templates(p->parts.learner, hashes, emb, n);
+    if (rc && !emb) snprintf(err, errlen, "out of memory encoding the templates");
+    free(emb);
+    free(hashes);
+    if (rc) return pack;
+
     Pack *old = p->pack;
     p->pack = pack;
     return old;
@@ -221,33 +295,62 @@ static int stage_encode(Pipeline *p, Slot *slots, int n, char *err, size_t errle
     return encode_misses(p, m, dim, err, errlen);
 }
 
-/* Uniform among the eligible templates: the logging policy until the learned one lands.
- * Its probability is recorded, so later off-policy evaluation can weigh the choice. */
-static size_t choose_uniform(Pipeline *p, size_t ntemplates, size_t neligible, double *prob) {
-    uint32_t pick = rng_below(&p->rng, (uint32_t)neligible);
-    *prob = 1.0 / (double)neligible;
-    for (size_t i = 0; i < ntemplates; i++)
-        if (p->eligible[i] && pick-- == 0) return i;
-    PD_ASSERT(!"fewer eligible templates than counted");
-    return 0;
-}
-
 static void fail_slot(Slot *s, MsgReason reason, const char *why) {
     s->reason = reason;
     snprintf(s->why, sizeof s->why, "%s", why);
 }
 
+static int append(Arena *a, const void *data, size_t len, size_t *off) {
+    if (arena_reserve(a, len)) return -1;
+    memcpy(a->data + a->len, data, len);
+    *off = a->len;
+    a->len += len;
+    return 0;
+}
+
+/* The state of a bound prompt: its vector, the pack's features, its session's context. */
+static void build_state(Pipeline *p, const Slot *s) {
+    char err[512];
+    size_t nf = pack_feature_count(p->pack);
+    if (nf && pack_features(p->pack, p->features, err, sizeof err)) {
+        pd_count(&pd_stats.feature_errors, 1);
+        pd_log(PD_LOG_WARNING, PD_MOD_LUA, "%s (the features count as 0)", err);
+    }
+    const Prompt *pr = &s->prompt;
+    SessionView view;
+    if (pr->session)
+        view = session_get(p->parts.sessions, pr->session, pr->session_len, pd_wall_ms());
+    selector_state(p->parts.selector, p->x, s->vector, p->features, nf, pr->session ? &view : NULL);
+}
+
+/* Chooses the template of a bound prompt and keeps the decision's learning record. */
+static int choose(Pipeline *p, Slot *s) {
+    if (selector_choose(p->parts.selector, p->x, p->eligible, &s->sel)) {
+        pd_count(&pd_stats.policy_errors, 1);
+        pd_log(PD_LOG_ERR, PD_MOD_POLICY,
+               "the policy scored a non-finite value; chose "
+               "uniformly instead");
+    }
+    char record[16384];
+    const Prompt *pr = &s->prompt;
+    uint64_t episode = pr->session ? hashmap_hash(pr->session, pr->session_len, 0) : 0;
+    SessionView view =
+        pr->session ? session_get(p->parts.sessions, pr->session, pr->session_len, pd_wall_ms())
+                    : (SessionView){0};
+    s->rec_len =
+        selector_record(p->parts.selector, record, sizeof record, p->x, episode, view.turn);
+    return s->rec_len && append(&p->records, record, s->rec_len, &s->rec_off) ? -1 : 0;
+}
+
 static int select_and_render(Pipeline *p, Slot *s) {
     Pack *pack = p->pack;
-    size_t ntemplates = pack_template_count(pack);
     char err[1024];
 
     if (pack_bind(pack, &s->prompt, p->norm.data + s->norm_off, s->norm_len, err, sizeof err)) {
         fail_slot(s, MSG_RENDER_ERROR, err);
         return 0;
     }
-    size_t neligible = pack_eligible(pack, p->eligible);
-    if (neligible == 0) {
+    if (pack_eligible(pack, p->eligible) == 0) {
         pd_count(&pd_stats.no_template, 1);
         snprintf(err, sizeof err,
                  "no template of pack %s (version %s) is eligible for this "
@@ -258,38 +361,37 @@ static int select_and_render(Pipeline *p, Slot *s) {
         return 0;
     }
 
-    s->tpl = choose_uniform(p, ntemplates, neligible, &s->p);
-    int rc = pack_render(pack, s->tpl, pd_wall_ms(), &p->render_buf, err, sizeof err);
-    pack_unbind(pack);
-    if (rc) {
+    build_state(p, s);
+    int rc = choose(p, s);
+    if (rc == 0 &&
+        pack_render(pack, s->sel.template_index, pd_wall_ms(), &p->render_buf, err, sizeof err)) {
         pd_count(&pd_stats.render_errors, 1);
         pd_log(PD_LOG_WARNING, PD_MOD_LUA, "%s", err);
         fail_slot(s, MSG_RENDER_ERROR, err);
+        pack_unbind(pack);
         return 0;
     }
-
-    if (arena_reserve(&p->rendered, p->render_buf.len)) return -1;
-    memcpy(p->rendered.data + p->rendered.len, p->render_buf.data, p->render_buf.len);
-    s->out_off = p->rendered.len;
-    s->out_len = p->render_buf.len;
-    p->rendered.len += p->render_buf.len;
-    return 0;
+    pack_unbind(pack);
+    return rc ? rc : append(&p->rendered, p->render_buf.data, p->render_buf.len, &s->out_off);
 }
 
 static int stage_select(Pipeline *p, Slot *slots, int n, char *err, size_t errlen) {
     uint64_t errors_before = pack_eligible_errors(p->pack);
-    p->rendered.len = 0;
+    p->rendered.len = p->records.len = 0;
     if (reserve((void **)&p->eligible, &p->eligible_cap, pack_template_count(p->pack),
                 sizeof *p->eligible))
         goto oom;
 
-    for (int i = 0; i < n; i++)
-        if (slots[i].reason == MSG_OK && select_and_render(p, &slots[i])) goto oom;
+    for (int i = 0; i < n; i++) {
+        if (slots[i].reason != MSG_OK) continue;
+        if (select_and_render(p, &slots[i])) goto oom;
+        slots[i].out_len = slots[i].reason == MSG_OK ? p->render_buf.len : 0;
+    }
     pd_count(&pd_stats.eligible_errors, pack_eligible_errors(p->pack) - errors_before);
     return PD_OK;
 
 oom:
-    snprintf(err, errlen, "no memory to render a batch of %d", n);
+    snprintf(err, errlen, "no memory to select for a batch of %d", n);
     return PD_ENOMEM;
 }
 
@@ -310,16 +412,32 @@ static int produce_dead_letter(Pipeline *p, Slot *s, char *err, size_t errlen) {
     return kafka_produce(p->kafka, m, &rec, err, errlen);
 }
 
+/* After the decision is sent: the journal keeps it for its reward, the session moves on.
+ * Neither can fail the prompt; running out of memory only costs learning. */
+static void remember(Pipeline *p, const Slot *s, const char *template_name, int64_t now) {
+    const Prompt *pr = &s->prompt;
+    if (journal_put(p->parts.journal, pr->id, pr->id_len, p->out.data, p->out.len,
+                    p->records.data + s->rec_off, s->rec_len, now))
+        pd_count(&pd_stats.journal_errors, 1);
+    if (pr->session)
+        session_decided(p->parts.sessions, pr->session, pr->session_len,
+                        template_hash(template_name), s->vector, now);
+    pd_count(&pd_stats.selections, 1);
+}
+
 static int produce_decision(Pipeline *p, Slot *s, char *err, size_t errlen) {
+    const char *name = pack_template(p->pack, s->sel.template_index)->name;
+    int64_t now = pd_wall_ms();
     Decision d = {
-        .template_name = pack_template(p->pack, s->tpl)->name,
+        .template_name = name,
         .prompt = p->rendered.data + s->out_off,
         .prompt_len = s->out_len,
-        .p = s->p,
+        .p = s->sel.p,
+        .value = s->sel.value,
         .pack = pack_name(p->pack),
         .script_version = pack_version(p->pack),
-        .policy_version = 0,
-        .ts_ms = pd_wall_ms(),
+        .policy_version = (int64_t)s->sel.policy_version,
+        .ts_ms = now,
     };
     if (msg_encode_decision(&p->out, &s->prompt, &d)) {
         snprintf(err, errlen, "no memory to encode a decision");
@@ -327,7 +445,9 @@ static int produce_decision(Pipeline *p, Slot *s, char *err, size_t errlen) {
     }
     KafkaRecord rec = {KAFKA_DECISIONS,  MSG_OK,      s->prompt.id,
                        s->prompt.id_len, p->out.data, p->out.len};
-    return kafka_produce(p->kafka, s->m, &rec, err, errlen);
+    int rc = kafka_produce(p->kafka, s->m, &rec, err, errlen);
+    if (rc == PD_OK) remember(p, s, name, now);
+    return rc;
 }
 
 static int stage_produce(Pipeline *p, Slot *slots, int n, char *err, size_t errlen) {
@@ -340,7 +460,88 @@ static int stage_produce(Pipeline *p, Slot *slots, int n, char *err, size_t errl
     return PD_OK;
 }
 
-int pipeline_run(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_t errlen) {
+/* --- rewards --- */
+
+static void submit(Pipeline *p, Experience *e) {
+    if (p->parts.learn) {
+        learner_submit(p->parts.learner, e);
+    } else {
+        pd_count(&pd_stats.experiences_unlearned, 1);
+        experience_free(e);
+    }
+}
+
+/* The session of a decision, from its JSON, for the session's previous reward. */
+static void reward_session(Pipeline *p, const json_t *decision, double r) {
+    const json_t *session = json_object_get(decision, "session");
+    if (json_is_string(session))
+        session_rewarded(p->parts.sessions, json_string_value(session), json_string_length(session),
+                         r, pd_wall_ms());
+}
+
+/* Scores an event with the pack's reward() and joins it to its decision's journal entry. */
+static void join_reward(Pipeline *p, const RewardEvent *ev) {
+    char err[1024];
+    const char *text = journal_decision(p->parts.journal, ev->id, ev->id_len);
+    Experience e;
+    if (!text) {
+        journal_reward(p->parts.journal, ev->id, ev->id_len, 0, pd_wall_ms(), &e); /* counts */
+        return;
+    }
+
+    double r = 0;
+    json_t *decision = json_loads(text, 0, NULL);
+    int rc = decision ? pack_reward(p->pack, ev->root, decision, &r, err, sizeof err) : -1;
+    if (rc < 0) {
+        pd_count(&pd_stats.reward_errors, 1);
+        pd_log(PD_LOG_WARNING, PD_MOD_LUA, "%s", decision ? err : "a journal entry is not JSON");
+    } else if (rc == 0) {
+        pd_count(&pd_stats.rewards_none, 1);
+    } else {
+        if (r > p->reward_clip) r = p->reward_clip;
+        if (r < -p->reward_clip) r = -p->reward_clip;
+        reward_session(p, decision, r);
+        if (journal_reward(p->parts.journal, ev->id, ev->id_len, r, pd_wall_ms(), &e) ==
+            JOIN_CLOSED)
+            submit(p, &e);
+    }
+    json_decref(decision);
+}
+
+/* A reward event: joined, or a dead letter when it cannot be read. Its offset is done
+ * once it is joined (reward events produce no output). */
+static int process_reward(Pipeline *p, rd_kafka_message_t *m, char *err, size_t errlen) {
+    RewardEvent ev;
+    char why[512];
+    pd_count(&pd_stats.rewards_consumed, 1);
+    MsgReason reason = msg_decode_reward(&ev, m->payload, m->len, p->max_bytes, why, sizeof why);
+    if (reason != MSG_OK) {
+        Slot s = {.m = m, .reason = reason};
+        snprintf(s.why, sizeof s.why, "reward event: %s", why);
+        return produce_dead_letter(p, &s, err, errlen);
+    }
+    join_reward(p, &ev);
+    msg_reward_free(&ev);
+    kafka_done(p->kafka, m);
+    return PD_OK;
+}
+
+void pipeline_tick(Pipeline *p, int64_t now_ms) {
+    Experience closed[64];
+    size_t n;
+    while ((n = journal_expire(p->parts.journal, now_ms, closed, PD_ARRAY_LEN(closed))) > 0)
+        for (size_t i = 0; i < n; i++) submit(p, &closed[i]);
+
+    uint64_t version = selector_policy_version(p->parts.selector);
+    size_t count = policy_param_count(selector_policy_dims(p->parts.selector));
+    float *params = p->policy_copy ? p->policy_copy : (p->policy_copy = malloc(count * 4));
+    if (params && learner_poll(p->parts.learner, params, &version))
+        selector_set_policy(p->parts.selector, params, version);
+}
+
+/* --- a batch --- */
+
+static int run_prompts(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_t errlen) {
     if (reserve((void **)&p->slots, &p->slots_cap, (size_t)n, sizeof *p->slots)) {
         snprintf(err, errlen, "no memory for a batch of %d", n);
         return PD_ENOMEM;
@@ -358,5 +559,20 @@ int pipeline_run(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_
     if (rc == PD_OK) rc = stage_produce(p, slots, n, err, errlen);
 
     for (int i = 0; i < n; i++) msg_prompt_free(&slots[i].prompt);
+    return rc;
+}
+
+int pipeline_run(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_t errlen) {
+    /* Prompts first, in batch order; reward events after them, one by one (they are cheap
+     * and need no batching). Both keep their own commit order. */
+    int np = 0, rc = PD_OK;
+    for (int i = 0; i < n; i++) {
+        if (kafka_input_of(p->kafka, msgs[i]) != KAFKA_PROMPTS) continue;
+        rd_kafka_message_t *t = msgs[np];
+        msgs[np++] = msgs[i];
+        msgs[i] = t;
+    }
+    if (np) rc = run_prompts(p, msgs, np, err, errlen);
+    for (int i = np; rc == PD_OK && i < n; i++) rc = process_reward(p, msgs[i], err, errlen);
     return rc;
 }

@@ -1,11 +1,16 @@
 /*
- * The serving pipeline: a batch of prompt messages in, one decision or one dead letter out
- * per message. Stages run over the whole batch in turn (decode, normalise, encode, select
- * and render, produce), so that a stage works on the batch at once: the encoder encodes
- * the whole batch in one packed forward pass.
+ * The serving pipeline: a batch of messages in; for each prompt one decision or one dead
+ * letter out; each reward event joined to its decision.
  *
- * Selection is uniform among the templates the pack finds eligible, and the decision
- * records that probability: a real logging policy, until the learned one replaces it.
+ * Prompts go through stages over the whole batch in turn, so that a stage works on the
+ * batch at once: decode, normalise, embed (the cache, then one packed forward pass of the
+ * encoder for the misses), select (the pack's eligible() and features(), the session's
+ * context, the policy's choice), render, produce, and record the decision in the journal
+ * for its reward.
+ *
+ * A reward event is scored by the serving pack's reward(event, decision), clipped, and
+ * joined in the journal; a decision whose reward window closes becomes an experience for
+ * the learner.
  *
  * Runs on the serving thread only.
  */
@@ -13,29 +18,53 @@
 #define PD_PIPELINE_H
 
 #include <librdkafka/rdkafka.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "cache.h"
 #include "config.h"
+#include "journal.h"
 #include "kafka.h"
+#include "learner.h"
 #include "model.h"
 #include "pack.h"
+#include "selector.h"
+#include "session.h"
 
 typedef struct Pipeline Pipeline;
 
-/* Returns NULL when out of memory. k, cache, model and pack are borrowed and must outlive
- * their use. */
-Pipeline *pipeline_new(const Config *c, Kafka *k, Cache *cache, Model *model, Pack *pack);
+/* What the pipeline works with; all borrowed, and they must outlive it. The learner
+ * publishes the policy the pipeline serves; with learn false (learner.enabled no) it is
+ * not given experiences, which are counted and dropped, and the policy stays frozen. */
+typedef struct {
+    Kafka *kafka;
+    Cache *cache;
+    Model *model;
+    Selector *selector;
+    Journal *journal;
+    SessionStore *sessions;
+    Learner *learner;
+    bool learn;
+} PipelineParts;
 
-/* Serves from pack from the next batch on; returns the pack it replaces. */
-Pack *pipeline_swap_pack(Pipeline *p, Pack *pack);
+/* Returns NULL when out of memory. */
+Pipeline *pipeline_new(const Config *c, const PipelineParts *parts);
 void pipeline_free(Pipeline *p);
 
-/* Picks up reloadable settings (prompt.max_bytes, dead_letter.max_payload). */
+/* Picks up reloadable settings (sizes, reward clipping). */
 void pipeline_reconfigure(Pipeline *p, const Config *c);
 
-/* Produces an output for each of msgs[0..n). A bad message becomes a dead letter and never
- * stops the batch. Returns 0, or PD_EFATAL with err filled when outputs cannot be sent. */
+/* Serves from pack from the next batch on: encodes its templates' about sentences for
+ * the policy. Returns the pack it replaces (NULL the first time), or pack itself when it
+ * cannot be used (out of memory; err says so), in which case nothing changed. */
+Pack *pipeline_use_pack(Pipeline *p, Pack *pack, char *err, size_t errlen);
+
+/* Processes msgs[0..n). A bad message becomes a dead letter and never stops the batch.
+ * Returns 0, or PD_EFATAL / PD_ENOMEM with err filled when outputs cannot be sent. */
 int pipeline_run(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_t errlen);
+
+/* Between batches: closes the decisions whose reward window ended (handing them to the
+ * learner) and picks up a newer policy. */
+void pipeline_tick(Pipeline *p, int64_t now_ms);
 
 #endif

@@ -3,6 +3,7 @@
  *
  *   promptctl encode [--model FILE] [--full] TEXT...   vectors and pairwise similarities
  *   promptctl check [--lib DIR] DIR                    validate a policy pack offline
+ *   promptctl simulate [OPTION]...                     a scenario against promptd (ctl_simulate.c)
  *
  * Exit codes: 0 good, 1 a check failed, 64 usage error, 78 a model or pack refused.
  */
@@ -14,6 +15,8 @@
 #include <string.h>
 
 #include "../kernels/normalize.h"
+#include "ctl_train.h"
+#include "ctl.h"
 #include "log.h"
 #include "model.h"
 #include "pack.h"
@@ -29,6 +32,9 @@ static void usage(FILE *out) {
                  "        dimensions, or all with --full) and the pairwise cosine similarities\n"
                  "  check [--lib DIR] PACKDIR\n"
                  "        load and check a policy pack as promptd would, without serving\n"
+                 "  simulate [OPTION]...\n"
+                 "        play a seeded scenario against a running promptd through Kafka and\n"
+                 "        report its choices against the oracle's (see simulate --help)\n"
                  "  help  print this help\n");
 }
 
@@ -164,6 +170,9 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "--version")) return printf("promptctl %s\n", PD_VERSION), 0;
     if (!strcmp(argv[1], "encode")) return cmd_encode(argc - 1, argv + 1);
     if (!strcmp(argv[1], "check")) return cmd_check(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "train")) return ctl_train(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "evaluate")) return ctl_evaluate(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "simulate")) return ctl_simulate(argc - 1, argv + 1);
     fprintf(stderr, "promptctl: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 64;

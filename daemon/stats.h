@@ -31,6 +31,16 @@ typedef struct {
     atomic_uint_fast64_t render_errors;
     atomic_uint_fast64_t eligible_errors;
     atomic_uint_fast64_t no_template;
+    atomic_uint_fast64_t feature_errors;
+
+    /* policy and rewards */
+    atomic_uint_fast64_t selections;
+    atomic_uint_fast64_t policy_errors;  /* non-finite scores: a uniform choice instead */
+    atomic_uint_fast64_t journal_errors; /* decisions not journaled (out of memory) */
+    atomic_uint_fast64_t rewards_consumed;
+    atomic_uint_fast64_t rewards_none;          /* reward() returned nil */
+    atomic_uint_fast64_t reward_errors;         /* reward() failed or returned a non-number */
+    atomic_uint_fast64_t experiences_unlearned; /* no learner to take them */
 } PdStats;
 
 extern PdStats pd_stats;

@@ -1,5 +1,6 @@
 /* Decoding prompts and encoding decisions and dead letters. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <jansson.h>
 #include <string.h>
 
@@ -111,7 +112,8 @@ Test(message, reason_names_are_stable) {
 Test(message, decision_round_trips_through_json) {
     MsgBuf out = {0};
     cr_assert_eq(decode("{\"id\":\"q\\\"1\",\"text\":\"x\",\"session\":\"s\"}"), MSG_OK);
-    Decision d = {"triage", "Alarm: 温度 high", 18, 1.0 / 3, "alarm", "00ff00ff00ff00ff", 0, 1234};
+    Decision d = {"triage", "Alarm: 温度 high", 18, 1.0 / 3, 0.25,
+                  "alarm",  "00ff00ff00ff00ff", 0,  1234};
     cr_assert_eq(msg_encode_decision(&out, &p, &d), 0);
     json_t *j = json_loadb(out.data, out.len, 0, NULL);
     cr_assert_not_null(j, "not JSON: %.*s", (int)out.len, out.data);
@@ -120,6 +122,7 @@ Test(message, decision_round_trips_through_json) {
     cr_expect_str_eq(json_string_value(json_object_get(j, "template")), "triage");
     cr_expect_str_eq(json_string_value(json_object_get(j, "prompt")), "Alarm: 温度 high");
     cr_expect_float_eq(json_real_value(json_object_get(j, "p")), 1.0 / 3, 1e-12);
+    cr_expect_float_eq(json_real_value(json_object_get(j, "value")), 0.25, 1e-12);
     cr_expect_str_eq(json_string_value(json_object_get(j, "pack")), "alarm");
     cr_expect_str_eq(json_string_value(json_object_get(j, "script_version")), "00ff00ff00ff00ff");
     cr_expect_eq(json_integer_value(json_object_get(j, "policy_version")), 0);
@@ -132,11 +135,12 @@ Test(message, decision_round_trips_through_json) {
 Test(message, decision_probability_one_is_a_json_number) {
     MsgBuf out = {0};
     cr_assert_eq(decode("{\"id\":\"a\",\"text\":\"x\"}"), MSG_OK);
-    Decision d = {"only", "x", 1, 1.0, "p", "v", 0, 1};
+    Decision d = {"only", "x", 1, 1.0, NAN, "p", "v", 0, 1};
     cr_assert_eq(msg_encode_decision(&out, &p, &d), 0);
     json_t *j = json_loadb(out.data, out.len, 0, NULL);
     cr_assert_not_null(j, "not JSON: %.*s", (int)out.len, out.data);
     cr_expect_float_eq(json_number_value(json_object_get(j, "p")), 1.0, 1e-12);
+    cr_expect_null(json_object_get(j, "value"), "a non-finite value must be left out");
     json_decref(j);
     msg_prompt_free(&p);
     msg_buf_free(&out);
@@ -148,7 +152,7 @@ Test(message, decision_escapes_every_control_character) {
     for (int i = 0; i < 32; i++) text[i] = (char)(i + 1 == 32 ? '\\' : i + 1);
     memcpy(text + 32, "\"end\"", 5);
     cr_assert_eq(decode("{\"id\":\"c\",\"text\":\"x\"}"), MSG_OK);
-    Decision d = {"tri\"age", text, 37, 0.5, "pack", "v1", 7, -5};
+    Decision d = {"tri\"age", text, 37, 0.5, -1.5, "pack", "v1", 7, -5};
     cr_assert_eq(msg_encode_decision(&out, &p, &d), 0);
     json_error_t jerr;
     json_t *j = json_loadb(out.data, out.len, 0, &jerr);

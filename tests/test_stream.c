@@ -260,8 +260,9 @@ Test(stream, decision_carries_the_rendered_template, .timeout = 120) {
     bool found = false;
     for (int i = 0; tpl && i < 4; i++) found |= !strcmp(tpl, known[i]);
     cr_expect(found, "template %s is not one of the alarm pack's", tpl ? tpl : "(none)");
-    /* Eligible here: triage, root cause, escalation (a session); runbook needs equipment. */
-    cr_expect_float_eq(json_number_value(json_object_get(d, "p")), 1.0 / 3, 1e-9);
+    /* Eligible here: triage, root cause, escalation (a session); runbook needs equipment.
+     * A fresh policy is close to uniform, so that it explores them all. */
+    cr_expect_float_eq(json_number_value(json_object_get(d, "p")), 1.0 / 3, 0.02);
     cr_expect(strstr(json_string_value(json_object_get(d, "prompt")), "WTG-12  Bearing TEMP 92C"),
               "the rendered prompt lost the alarm text");
     cr_expect_str_eq(json_string_value(json_object_get(d, "pack")), "alarm");

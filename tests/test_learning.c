@@ -1,0 +1,138 @@
+/*
+ * Online learning end to end: promptd on its embedded broker, and `promptctl simulate`
+ * playing a seeded alarm scenario against it through Kafka (prompts in, decisions out,
+ * reward events back). The policy must learn: its choices in the last part of the run
+ * must be clearly better than uniform random choice, and the policy it learned must
+ * survive a restart through the checkpoint written at SIGTERM.
+ */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+typedef struct {
+    const char *dir;
+    char boot[512], log[512], ckdir[512];
+    Proc promptd;
+} Daemon;
+
+static const char *promptctl(void) {
+    const char *p = getenv("PROMPTCTL");
+    return p ? p : "build/promptctl";
+}
+
+static void daemon_start(Daemon *d, const char *const *extra) {
+    char boot[600], ck[600];
+    char *argv[40];
+    int n = 0;
+    snprintf(boot, sizeof boot, "kafka.embedded.bootstrap_file=%s", d->boot);
+    snprintf(ck, sizeof ck, "learner.checkpoint_dir=%s", d->ckdir);
+    unlink(d->boot);
+    argv[n++] = (char *)harness_promptd();
+    const char *sets[] = {boot,
+                          ck,
+                          "policy.seed=7",
+                          "reward.window=5s",
+                          "kafka.consumer.session.timeout.ms=6000",
+                          "kafka.consumer.heartbeat.interval.ms=500"};
+    for (size_t i = 0; i < sizeof sets / sizeof *sets; i++) {
+        argv[n++] = "--set";
+        argv[n++] = (char *)sets[i];
+    }
+    for (; extra && *extra; extra++) {
+        argv[n++] = "--set";
+        argv[n++] = (char *)*extra;
+    }
+    argv[n] = NULL;
+    cr_assert_eq(proc_start(&d->promptd, argv, NULL, NULL, d->log), 0);
+    cr_assert_eq(harness_wait_file(d->boot, 15000), 0, "promptd wrote no bootstrap file");
+}
+
+/* Runs the simulator to the end and returns its JSON summary. */
+static json_t *simulate(Daemon *d, const char *prompts, const char *seed) {
+    char json[512], out[512];
+    Proc sim;
+    harness_path(json, sizeof json, d->dir, "summary.json");
+    harness_path(out, sizeof out, d->dir, "simulate.txt");
+    unlink(json);
+    char *argv[] = {(char *)promptctl(),
+                    "simulate",
+                    "--bootstrap-file",
+                    d->boot,
+                    "--scenario",
+                    "alarm",
+                    "--prompts",
+                    (char *)prompts,
+                    "--seed",
+                    (char *)seed,
+                    "--every",
+                    "1000",
+                    "--json",
+                    json,
+                    "--stall",
+                    "60",
+                    NULL};
+    cr_assert_eq(proc_start(&sim, argv, NULL, out, out), 0);
+    int rc = proc_wait(&sim, 240000);
+    char *text = harness_read_file(out, NULL);
+    cr_assert_eq(rc, 0, "promptctl simulate failed (%d):\n%s", rc, text ? text : "");
+    cr_log_info("%s", text ? text : "");
+    free(text);
+    json_t *summary = json_load_file(json, 0, NULL);
+    cr_assert_not_null(summary, "no summary in %s", json);
+    return summary;
+}
+
+static double number(const json_t *j, const char *key) {
+    const json_t *v = json_object_get(j, key);
+    cr_assert(json_is_number(v), "summary has no %s", key);
+    return json_number_value(v);
+}
+
+Test(learning, policy_learns_the_alarm_scenario_and_keeps_it_across_restart) {
+    Daemon d = {.dir = harness_tmpdir()};
+    cr_assert_not_null(d.dir);
+    harness_path(d.boot, sizeof d.boot, d.dir, "bootstrap");
+    harness_path(d.log, sizeof d.log, d.dir, "promptd.log");
+    harness_path(d.ckdir, sizeof d.ckdir, d.dir, "state");
+    daemon_start(&d, NULL);
+
+    json_t *first = simulate(&d, "6000", "11");
+    double quality = number(first, "quality"), oracle = number(first, "oracle");
+    double uniform = number(first, "uniform");
+    cr_expect_eq(number(first, "decisions"), 6000);
+    cr_expect_eq(number(first, "duplicates"), 0);
+    /* Uniform random choice gets about 0.52 of a possible 0.88 here; a learning policy
+     * closes well over half of that gap by the end of the run. Demand 40 %. */
+    cr_expect_gt(quality - uniform, 0.4 * (oracle - uniform),
+                 "no learning: quality %.3f, uniform %.3f, oracle %.3f", quality, uniform, oracle);
+    double version = number(first, "policy_version");
+    cr_expect_gt(version, 5, "only %.0f policy versions after 6000 rewards", version);
+    json_decref(first);
+
+    /* SIGTERM writes a final checkpoint, and the next start serves from it. */
+    proc_signal(&d.promptd, SIGTERM);
+    cr_assert_eq(proc_wait(&d.promptd, 30000), 0, "promptd did not stop cleanly");
+    daemon_start(&d, (const char *const[]){"learner.enabled=no", NULL});
+    cr_expect_eq(harness_wait_text(d.log, "restored policy version", 15000), 0,
+                 "the restart did not load the checkpoint");
+
+    /* Frozen, the restored policy still chooses far better than uniform from the start. */
+    json_t *second = simulate(&d, "1500", "12");
+    quality = number(second, "quality"), uniform = number(second, "uniform");
+    oracle = number(second, "oracle");
+    cr_expect_gt(quality - uniform, 0.4 * (oracle - uniform),
+                 "the restored policy lost what it learned: quality %.3f, uniform %.3f", quality,
+                 uniform);
+    cr_expect_geq(number(second, "policy_version"), version,
+                  "the restart serves an older policy than the one it stopped with");
+    json_decref(second);
+
+    proc_stop(&d.promptd);
+    harness_cleanup();
+}
