@@ -7,8 +7,15 @@
 PREFIX     ?= /usr/local
 prefix     ?= $(PREFIX)
 bindir     ?= $(prefix)/bin
-sysconfdir ?= $(prefix)/etc
+# The units read /etc/promptd (systemd's ConfigurationDirectory is always under /etc).
+sysconfdir ?= /etc
 datadir    ?= $(prefix)/share
+mandir     ?= $(datadir)/man
+docdir     ?= $(datadir)/doc/promptd
+# systemd reads units, sysusers.d and tmpfiles.d under /usr/lib and /usr/local/lib alike.
+unitdir     ?= $(prefix)/lib/systemd/system
+sysusersdir ?= $(prefix)/lib/sysusers.d
+tmpfilesdir ?= $(prefix)/lib/tmpfiles.d
 
 CC         ?= cc
 PKG_CONFIG ?= pkg-config
@@ -17,14 +24,15 @@ BUILD      ?= build
 
 # Debian packages, by what needs them.
 DEBS_BUILD := gcc make pkg-config librdkafka-dev libjansson-dev libutf8proc-dev liblua5.4-dev \
-              libxxhash-dev zlib1g-dev libopenblas-dev libhiredis-dev
-DEBS_CHECK := libcriterion-dev kcat clang-format python3 redis-server
+              libxxhash-dev zlib1g-dev libopenblas-dev libhiredis-dev libmicrohttpd-dev
+DEBS_CHECK := libcriterion-dev kcat clang-format python3 redis-server systemd groff-base man-db \
+              python3-yaml python3-prometheus-client
 DEBS_BENCH := kcat redis-server redis-tools
 DEBS       := $(sort $(DEBS_BUILD) $(DEBS_CHECK) $(DEBS_BENCH))
 # PyTorch for the encoder benchmark and `make reference` only: `make check` needs no torch.
 DEBS_TORCH := python3-torch python3-numpy python3-xxhash
 
-PKGS      := rdkafka jansson libutf8proc lua5.4 libxxhash zlib openblas hiredis
+PKGS      := rdkafka jansson libutf8proc lua5.4 libxxhash zlib openblas hiredis libmicrohttpd
 TEST_PKGS := criterion
 
 # pkg-config runs once, when first needed: after `deps` has installed the packages.
@@ -43,14 +51,14 @@ SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fr
 KERNELS    := normalize rng tokenize encoder encoder_backward triplet safetensors policy ppo adam
 DAEMON     := cache checkpoint config hashmap journal kafka learner log luacore luapat message model \
               mockbroker offsets pack packwatch pd pipeline redis sandbox scenario selector session train \
-              stats
+              stats metrics notify observe
 CTL        := promptctl ctl_simulate ctl_train
 KERNEL_SRC := $(KERNELS:%=kernels/%.c)
 DAEMON_SRC := $(DAEMON:%=daemon/%.c)
 LIB_SRC    := $(KERNEL_SRC) $(DAEMON_SRC)
 UNIT_TESTS := config normalize message offsets log rng luapat lua journal checkpoint session \
-              tokenize encoder safetensors cache policy
-INTEG_TESTS := cli stream learning
+              tokenize encoder safetensors cache policy notify metrics
+INTEG_TESTS := cli stream learning service
 TEST_HELPERS := tests/harness.c
 
 LIB_OBJ      := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
@@ -155,6 +163,7 @@ check-integration: $(BUILD)/promptd $(BUILD)/promptctl $(MODEL) $(INTEG_BINS)
 	@for t in $(INTEG_BINS); do \
 	    echo "== $$t"; PROMPTD=$(BUILD)/promptd $$t --jobs 1 || exit 1; \
 	done
+	@echo "== tests/test_systemd.sh"; bash tests/test_systemd.sh $(BUILD)
 
 format:
 	clang-format -i $(FORMAT_SRC)
@@ -188,17 +197,40 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(TEST_OBJ) $(LIB_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
 
 install: $(BUILD)/promptd $(BUILD)/promptctl $(MODEL)
-	install -d $(DESTDIR)$(bindir) $(DESTDIR)$(sysconfdir)/promptd $(DESTDIR)$(datadir)/promptd/lua
+	install -d $(DESTDIR)$(bindir) $(DESTDIR)$(sysconfdir)/promptd \
+	    $(DESTDIR)$(datadir)/promptd/lua/scenarios $(DESTDIR)$(datadir)/promptd/model
 	install -m 0755 $(BUILD)/promptd $(DESTDIR)$(bindir)/promptd
 	install -m 0755 $(BUILD)/promptctl $(DESTDIR)$(bindir)/promptctl
-	install -d $(DESTDIR)$(datadir)/promptd/model
 	install -m 0644 $(MODEL) $(DESTDIR)$(datadir)/promptd/model/default.safetensors
-	install -m 0644 conf/promptd.conf $(DESTDIR)$(sysconfdir)/promptd/promptd.conf
 	install -m 0644 lua/*.lua $(DESTDIR)$(datadir)/promptd/lua/
+	install -m 0644 lua/scenarios/*.lua $(DESTDIR)$(datadir)/promptd/lua/scenarios/
 	for pack in policies/*/; do \
 	    install -d $(DESTDIR)$(datadir)/promptd/$$pack; \
 	    install -m 0644 $$pack*.lua $(DESTDIR)$(datadir)/promptd/$$pack; \
 	done
+	@# The operator's configuration is never overwritten: a new one goes beside it.
+	if [ -e $(DESTDIR)$(sysconfdir)/promptd/promptd.conf ]; then \
+	    install -m 0644 conf/promptd.conf $(DESTDIR)$(sysconfdir)/promptd/promptd.conf.new; \
+	else \
+	    install -m 0644 conf/promptd.conf $(DESTDIR)$(sysconfdir)/promptd/promptd.conf; \
+	fi
+	install -d $(DESTDIR)$(unitdir) $(DESTDIR)$(sysusersdir) $(DESTDIR)$(tmpfilesdir) \
+	    $(DESTDIR)$(mandir)/man1 $(DESTDIR)$(mandir)/man8 $(DESTDIR)$(docdir)
+	for unit in promptd.service promptd@.service; do \
+	    sed -e 's|/usr/bin/|$(bindir)/|g' -e 's|/etc/promptd|$(sysconfdir)/promptd|g' \
+	        systemd/$$unit > $(DESTDIR)$(unitdir)/$$unit && chmod 0644 $(DESTDIR)$(unitdir)/$$unit; \
+	done
+	sed 's|/etc/promptd|$(sysconfdir)/promptd|g' systemd/promptd.tmpfiles \
+	    > $(DESTDIR)$(tmpfilesdir)/promptd.conf && chmod 0644 $(DESTDIR)$(tmpfilesdir)/promptd.conf
+	install -m 0644 systemd/promptd.sysusers $(DESTDIR)$(sysusersdir)/promptd.conf
+	install -m 0644 man/promptd.8 $(DESTDIR)$(mandir)/man8/promptd.8
+	install -m 0644 man/promptctl.1 $(DESTDIR)$(mandir)/man1/promptctl.1
+	install -m 0644 conf/grafana-dashboard.json conf/prometheus-alerts.yml $(DESTDIR)$(docdir)/
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" -eq 0 ] && command -v systemd-sysusers >/dev/null; then \
+	    systemd-sysusers $(sysusersdir)/promptd.conf && \
+	    systemd-tmpfiles --create $(tmpfilesdir)/promptd.conf; \
+	    systemctl daemon-reload 2>/dev/null || true; \
+	fi
 
 clean:
 	rm -rf $(BUILD)

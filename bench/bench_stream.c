@@ -180,6 +180,10 @@ static pid_t start_promptd(const char *promptd, const char *brokers) {
                     "log.level=warning",
                     "--set",
                     "kafka.consumer.fetch.wait.max.ms=5",
+                    "--set",
+                    "metrics.listen=127.0.0.1:0",
+                    "--set",
+                    "learner.checkpoint_dir=/tmp/promptd-bench-state",
                     NULL};
     return spawn(argv, -1, -1);
 }

@@ -169,6 +169,14 @@ static const KeyDef keys[] = {
      NULL, "window of the log rate limit"},
     {"shutdown.timeout", T_DURATION, "30s", 0, 10 * MIN, true, F(shutdown_timeout_ms), NULL,
      "how long SIGTERM waits for in-flight decisions to be acknowledged"},
+    {"metrics.listen", T_STR, "127.0.0.1:9464", 0, 256, false, F(metrics_listen), NULL,
+     "address of /metrics, /healthz and /-/reload (\"\": none)"},
+    {"metrics.allow_remote", T_BOOL, "no", 0, 1, false, F(metrics_allow_remote), NULL,
+     "allow a metrics.listen address other than loopback"},
+    {"admin.socket", T_STR, "", 0, 107, false, F(admin_socket), NULL,
+     "unix socket for promptctl reload and status (\"\": none)"},
+    {"admin.reload_timeout", T_DURATION, "30s", 1 * SEC, 10 * MIN, false,
+     F(admin_reload_timeout_ms), NULL, "how long a reload request waits for its result"},
 };
 
 static const char *const passthrough_prefix[] = {"kafka.consumer.", "kafka.producer."};

@@ -107,6 +107,10 @@ typedef struct Config {
     int64_t log_ratelimit_burst;
     int64_t log_ratelimit_interval_ms;
     int64_t shutdown_timeout_ms;
+    char *metrics_listen; /* "" = no HTTP listener */
+    int64_t metrics_allow_remote;
+    char *admin_socket; /* "" = none */
+    int64_t admin_reload_timeout_ms;
 
     /* bookkeeping: origin of each table key (indexed like the table) and interned names */
     ConfigOrigin *origins;

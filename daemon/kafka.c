@@ -10,6 +10,8 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
+#include "observe.h"
 #include "offsets.h"
 #include "pd.h"
 #include "stats.h"
@@ -146,6 +148,14 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque);
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque);
 
+/* librdkafka's statistics, every statistics.interval.ms: the consumer lag for metrics. */
+static int on_statistics(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+    (void)rk, (void)len, (void)opaque;
+    int64_t lag = 0;
+    if (metrics_kafka_lag(json, &lag) > 0) observe_kafka_lag(lag);
+    return 0; /* librdkafka frees json */
+}
+
 static rd_kafka_conf_t *consumer_conf(const Config *c, const char *brokers, Kafka *k,
                                       ConfigErrors *errs) {
     rd_kafka_conf_t *conf = common_conf(brokers, k);
@@ -156,6 +166,8 @@ static rd_kafka_conf_t *consumer_conf(const Config *c, const char *brokers, Kafk
     /* A new group starts at the oldest prompt: skipping what arrived before the first
      * start would be a loss. */
     set_or_assert(conf, "auto.offset.reset", "earliest");
+    set_or_assert(conf, "statistics.interval.ms", "5000"); /* kafka.consumer.* may change it */
+    rd_kafka_conf_set_stats_cb(conf, on_statistics);
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
     apply_props(conf, &c->consumer_props, "kafka.consumer.", errs);
     return conf;

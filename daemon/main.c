@@ -18,8 +18,11 @@
 #include "config.h"
 #include "kafka.h"
 #include "log.h"
+#include "metrics.h"
 #include "mockbroker.h"
 #include "model.h"
+#include "notify.h"
+#include "observe.h"
 #include "pack.h"
 #include "packwatch.h"
 #include "pd.h"
@@ -205,6 +208,7 @@ typedef struct {
     SessionStore *sessions;
     Learner *learner;
     Pipeline *pipeline;
+    MetricsServer *metrics;
     rd_kafka_message_t **batch;
     size_t batch_cap;
 } Service;
@@ -236,16 +240,18 @@ static int resize_batch(Service *s) {
     return 0;
 }
 
-static void reload(Service *s) {
+/* Re-reads the configuration and asks for the pack to be reloaded. Returns 0, or -1 when
+ * the configuration was refused (msg says why; the running one stays). */
+static int reload_config(Service *s, char *msg, size_t msglen) {
     Config fresh;
     ConfigErrors errs = {0};
-    pd_log(PD_LOG_NOTICE, PD_MOD_MAIN, "reload requested");
     if (load_config(&fresh, &s->opts, &errs)) {
         pd_log(PD_LOG_ERR, PD_MOD_CONFIG, "reload refused, the running configuration stays: %s",
                errs.text);
+        snprintf(msg, msglen, "configuration refused: %.*s", (int)strcspn(errs.text, "\n"),
+                 errs.text);
         config_free(&fresh);
-        packwatch_request(s->packwatch); /* the pack reloads on its own merits */
-        return;
+        return -1;
     }
 
     int applied = config_apply_reload(&s->config, &fresh, note_restart_needed, NULL);
@@ -253,7 +259,6 @@ static void reload(Service *s) {
     apply_logging(&s->config);
     SandboxLimits limits = limits_of(&s->config);
     packwatch_set_limits(s->packwatch, &limits);
-    packwatch_request(s->packwatch);
     kafka_reconfigure(s->kafka, &s->config);
     pipeline_reconfigure(s->pipeline, &s->config);
     PolicySampling sampling = sampling_of(&s->config);
@@ -261,8 +266,36 @@ static void reload(Service *s) {
     if (s->learner) learner_set_sampling(s->learner, sampling.temperature, sampling.min_prob);
     JournalConfig jc = journal_config(&s->config);
     journal_configure(s->journal, &jc);
-    if (resize_batch(s)) s->config.batch_size = (int64_t)s->batch_cap;
-    pd_log(PD_LOG_NOTICE, PD_MOD_CONFIG, "configuration reloaded: %d key(s) changed", applied);
+    if (resize_batch(s))
+        pd_log(PD_LOG_WARNING, PD_MOD_MAIN, "no memory for the larger batch; it stays at %zu",
+               s->batch_cap);
+    snprintf(msg, msglen, "configuration reloaded (%d key(s) applied)", applied);
+    return 0;
+}
+
+static void swap_pack(Service *s);
+
+/* A reload (SIGHUP, POST /-/reload, systemctl reload): the configuration, then the pack,
+ * waited for so that the answer says whether the new pack serves. The serving loop
+ * stands still meanwhile (a pack loads in tens of milliseconds). */
+static void reload(Service *s) {
+    char config_msg[600], pack_msg[1200], answer[1900];
+    uint64_t ticket = s->metrics ? metrics_reload_begin(s->metrics) : 0;
+    notify_reloading();
+    pd_log(PD_LOG_NOTICE, PD_MOD_MAIN, "reload requested");
+
+    bool config_ok = reload_config(s, config_msg, sizeof config_msg) == 0;
+    packwatch_request(s->packwatch); /* the pack reloads on its own merits either way */
+    packwatch_wait(s->packwatch, (int)s->config.admin_reload_timeout_ms, pack_msg, sizeof pack_msg);
+    swap_pack(s);
+
+    bool pack_ok = strncmp(pack_msg, "refused", 7) && strncmp(pack_msg, "timed out", 9);
+    snprintf(answer, sizeof answer, "%s; %s", config_msg, pack_msg);
+    if (s->metrics)
+        metrics_reload_end(s->metrics, ticket,
+                           config_ok && pack_ok ? METRICS_RELOAD_OK : METRICS_RELOAD_REFUSED,
+                           answer);
+    notify_ready();
 }
 
 static int start_broker(Service *s, const char **brokers) {
@@ -396,6 +429,39 @@ static int start_learning(Service *s) {
     return PD_EXIT_OK;
 }
 
+static void reload_requested_over_http(void *ctx) {
+    (void)ctx; /* the serving loop polls metrics_reload_pending */
+}
+
+/* /metrics, /healthz and /-/reload, on metrics.listen and admin.socket. */
+static int start_metrics(Service *s) {
+    char err[1024];
+    const Config *c = &s->config;
+    ObserveParts parts = {s->cache, s->learner, strcmp(c->redis_url, "none") != 0};
+    observe_init(&parts);
+    if (!c->metrics_listen[0] && !c->admin_socket[0]) return PD_EXIT_OK;
+
+    MetricsConfig mc = {c->metrics_listen,
+                        c->metrics_allow_remote != 0,
+                        c->admin_socket,
+                        observe_render,
+                        observe_health,
+                        reload_requested_over_http,
+                        NULL,
+                        (int)c->admin_reload_timeout_ms};
+    int rc = metrics_start(&s->metrics, &mc, err, sizeof err);
+    if (rc) {
+        pd_log(PD_LOG_ERR, PD_MOD_MAIN, "%s", err);
+        return rc == PD_ECONFIG ? PD_EXIT_CONFIG : PD_EXIT_TEMPFAIL;
+    }
+    if (metrics_port(s->metrics))
+        pd_log(PD_LOG_NOTICE, PD_MOD_MAIN, "metrics on http://%.*s:%d/metrics",
+               (int)(strrchr(c->metrics_listen, ':') - c->metrics_listen), c->metrics_listen,
+               metrics_port(s->metrics));
+    if (c->admin_socket[0]) pd_log(PD_LOG_INFO, PD_MOD_MAIN, "admin socket %s", c->admin_socket);
+    return PD_EXIT_OK;
+}
+
 static int start(Service *s) {
     char err[1024];
     const char *brokers;
@@ -403,6 +469,7 @@ static int start(Service *s) {
     if (code == PD_EXIT_OK) code = start_cache(s);
     if (code == PD_EXIT_OK) code = start_learning(s);
     if (code == PD_EXIT_OK) code = start_pack(s);
+    if (code == PD_EXIT_OK) code = start_metrics(s);
     if (code) return code;
     if (start_broker(s, &brokers)) return PD_EXIT_TEMPFAIL;
 
@@ -428,6 +495,10 @@ static int start(Service *s) {
            "promptd %s serving: prompts=%s decisions=%s dead_letters=%s group=%s", PD_VERSION,
            s->config.topic_prompts, s->config.topic_decisions, s->config.topic_dead_letters,
            s->config.kafka_group_id);
+    observe_set_phase(OBSERVE_SERVING);
+    notify_ready();
+    notify_status("serving: policy v%" PRIu64 ", pack %s version %s",
+                  selector_policy_version(s->selector), pack_name(s->pack), pack_version(s->pack));
     return PD_EXIT_OK;
 }
 
@@ -451,7 +522,7 @@ static void swap_pack(Service *s) {
 /* The serving loop: poll a batch, run it, serve acknowledgements; until asked to stop. */
 static int serve(Service *s) {
     char err[1024];
-    uint64_t next_tick = pd_mono_ms() + 1000;
+    uint64_t next_tick = pd_mono_ms() + 1000, ticks = 0;
 
     while (!stop_requested) {
         int n = kafka_poll_batch(s->kafka, s->batch, (int)s->config.batch_size,
@@ -467,13 +538,22 @@ static int serve(Service *s) {
             return PD_EXIT_TEMPFAIL;
         }
 
-        if (reload_requested) {
+        if (reload_requested || (s->metrics && metrics_reload_pending(s->metrics))) {
             reload_requested = 0;
             reload(s);
         }
         swap_pack(s);
         pipeline_tick(s->pipeline, pd_wall_ms());
+        observe_heartbeat();
+        notify_watchdog();
         if (pd_mono_ms() >= next_tick) {
+            char status[256];
+            JournalStats js = journal_stats(s->journal);
+            observe_publish(&js, selector_policy_version(s->selector));
+            if (++ticks % 5 == 0) {
+                observe_status_line(status, sizeof status);
+                notify_status("%s", status);
+            }
             pd_log_tick();
             next_tick = pd_mono_ms() + 1000;
         }
@@ -501,6 +581,9 @@ static void log_summary(size_t unacked) {
 /* Drains in-flight outputs, commits, and frees everything. */
 static void stop(Service *s) {
     size_t unacked = 0;
+    observe_set_phase(OBSERVE_STOPPING);
+    notify_stopping();
+    if (s->metrics) metrics_set_stopping(s->metrics);
     if (s->kafka) {
         unacked = kafka_drain(s->kafka, (int)s->config.shutdown_timeout_ms);
         if (unacked)
@@ -510,6 +593,7 @@ static void stop(Service *s) {
                    unacked);
         kafka_close(s->kafka);
     }
+    metrics_stop(s->metrics); /* before what its callbacks read */
     pipeline_free(s->pipeline);
     learner_stop(s->learner); /* writes the final checkpoint */
     journal_free(s->journal);
@@ -538,9 +622,16 @@ int main(int argc, char **argv) {
         return PD_EXIT_CONFIG;
     }
     if (s.opts.check) {
+        char err[512];
+        if (s.config.metrics_listen[0] &&
+            metrics_check_address(s.config.metrics_listen, s.config.metrics_allow_remote != 0, err,
+                                  sizeof err)) {
+            ConfigOrigin where = config_origin(&s.config, "metrics.listen");
+            config_error(&errs, where, "metrics.listen", "%s", err);
+        }
         Model *m = load_model(&s.config, &errs);
         Pack *p = load_pack(&s.config, &errs);
-        if (!p || !m) {
+        if (!p || !m || errs.count) {
             pack_free(p);
             model_free(m);
             fputs(errs.text, stderr);
@@ -562,6 +653,9 @@ int main(int argc, char **argv) {
     }
 
     apply_logging(&s.config);
+    char err[512];
+    if (notify_init(err, sizeof err))
+        pd_log(PD_LOG_WARNING, PD_MOD_MAIN, "systemd notification is off: %s", err);
     install_signals();
     int code = start(&s);
     if (code == PD_EXIT_OK) code = serve(&s);

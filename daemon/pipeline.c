@@ -12,6 +12,7 @@
 #include "hashmap.h"
 #include "log.h"
 #include "message.h"
+#include "observe.h"
 #include "pd.h"
 #include "stats.h"
 
@@ -260,8 +261,10 @@ static int encode_misses(Pipeline *p, size_t m, size_t dim, char *err, size_t er
         k++;
     }
     if (k == 0) return PD_OK;
+    uint64_t start = pd_mono_ns();
     if (model_encode(p->model, p->texts + m, p->lens + m, k, p->fresh, err, errlen))
         return PD_ENOMEM;
+    metrics_observe_ns(&pd_latency.encode, pd_mono_ns() - start);
     for (size_t j = 0; j < k; j++)
         memcpy(p->vectors + p->miss[j] * dim, p->fresh + j * dim, dim * sizeof(float));
     cache_put(p->cache, p->keys + m, k, (int)dim, p->fresh);
@@ -291,7 +294,9 @@ static int stage_encode(Pipeline *p, Slot *slots, int n, char *err, size_t errle
         m++;
     }
     if (m == 0) return PD_OK;
+    uint64_t start = pd_mono_ns();
     cache_get(p->cache, p->keys, m, (int)dim, p->vectors, p->found);
+    metrics_observe_ns(&pd_latency.cache, pd_mono_ns() - start);
     return encode_misses(p, m, dim, err, errlen);
 }
 
@@ -361,10 +366,16 @@ static int select_and_render(Pipeline *p, Slot *s) {
         return 0;
     }
 
+    uint64_t start = pd_mono_ns();
     build_state(p, s);
     int rc = choose(p, s);
-    if (rc == 0 &&
-        pack_render(pack, s->sel.template_index, pd_wall_ms(), &p->render_buf, err, sizeof err)) {
+    uint64_t chosen = pd_mono_ns();
+    metrics_observe_ns(&pd_latency.select, chosen - start);
+    int failed = rc ? 0
+                    : pack_render(pack, s->sel.template_index, pd_wall_ms(), &p->render_buf, err,
+                                  sizeof err);
+    metrics_observe_ns(&pd_latency.render, pd_mono_ns() - chosen);
+    if (failed) {
         pd_count(&pd_stats.render_errors, 1);
         pd_log(PD_LOG_WARNING, PD_MOD_LUA, "%s", err);
         fail_slot(s, MSG_RENDER_ERROR, err);
@@ -423,6 +434,12 @@ static void remember(Pipeline *p, const Slot *s, const char *template_name, int6
         session_decided(p->parts.sessions, pr->session, pr->session_len,
                         template_hash(template_name), s->vector, now);
     pd_count(&pd_stats.selections, 1);
+    observe_selection(template_name);
+
+    rd_kafka_timestamp_type_t type;
+    int64_t arrived = rd_kafka_message_timestamp(s->m, &type);
+    if (arrived >= 0 && now >= arrived)
+        metrics_observe_ns(&pd_latency.end_to_end, (uint64_t)(now - arrived) * 1000000u);
 }
 
 static int produce_decision(Pipeline *p, Slot *s, char *err, size_t errlen) {
@@ -463,6 +480,7 @@ static int stage_produce(Pipeline *p, Slot *slots, int n, char *err, size_t errl
 /* --- rewards --- */
 
 static void submit(Pipeline *p, Experience *e) {
+    observe_reward(e->reward);
     if (p->parts.learn) {
         learner_submit(p->parts.learner, e);
     } else {

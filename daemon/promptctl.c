@@ -13,11 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../kernels/normalize.h"
 #include "ctl_train.h"
 #include "ctl.h"
 #include "log.h"
+#include "metrics.h"
 #include "model.h"
 #include "pack.h"
 #include "pd.h"
@@ -32,6 +34,9 @@ static void usage(FILE *out) {
                  "        dimensions, or all with --full) and the pairwise cosine similarities\n"
                  "  check [--lib DIR] PACKDIR\n"
                  "        load and check a policy pack as promptd would, without serving\n"
+                 "  reload [--admin TARGET] [--timeout SECONDS]\n"
+                 "        reload the running promptd's configuration and pack and wait for the\n"
+                 "        result: exit 0 reloaded, 1 refused (the previous ones keep serving)\n"
                  "  simulate [OPTION]...\n"
                  "        play a seeded scenario against a running promptd through Kafka and\n"
                  "        report its choices against the oracle's (see simulate --help)\n"
@@ -126,6 +131,56 @@ static int cmd_encode(int argc, char **argv) {
     return rc;
 }
 
+/* --- reload --- */
+
+/* The admin endpoint of the local promptd: --admin, else $PROMPTD_ADMIN, else the
+ * systemd unit's socket if it exists, else the default metrics address. */
+const char *ctl_admin_target(const char *given) {
+    const char *env = getenv("PROMPTD_ADMIN");
+    if (given && *given) return given;
+    if (env && *env) return env;
+    if (access("/run/promptd/admin.sock", F_OK) == 0) return "/run/promptd/admin.sock";
+    return "127.0.0.1:9464";
+}
+
+/* What ExecReload runs: asks for a reload and waits for its result. Exit 0 reloaded,
+ * 1 refused (the previous configuration and pack keep serving), 64 usage, 69 promptd
+ * unreachable, 70 the reload failed, 75 no answer in time. */
+static int cmd_reload(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"admin", required_argument, NULL, 'a'}, {"timeout", required_argument, NULL, 't'}, {0}};
+    const char *admin = NULL;
+    double timeout_s = 35;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "a:t:", opts, NULL)) != -1) {
+        char *end = NULL;
+        if (opt == 'a')
+            admin = optarg;
+        else if (opt == 't' && (timeout_s = strtod(optarg, &end)) > 0 &&
+                 (!*end || !strcmp(end, "s")))
+            continue;
+        else
+            return fprintf(stderr, "promptctl reload [--admin TARGET] [--timeout SECONDS]\n"), 64;
+    }
+    if (optind != argc) return fprintf(stderr, "promptctl reload: no arguments expected\n"), 64;
+
+    char body[4096], err[512];
+    int status = 0;
+    const char *target = ctl_admin_target(admin);
+    int rc = metrics_client_request(target, "POST", "/-/reload", (int)(timeout_s * 1000), &status,
+                                    body, sizeof body, err, sizeof err);
+    if (rc == PD_ETIMEOUT) return fprintf(stderr, "promptctl reload: %s\n", err), 75;
+    if (rc)
+        return fprintf(stderr, "promptctl reload: %s: %s\n", target, err),
+               rc == PD_EINVAL ? 64 : 69;
+    fprintf(status == 200 ? stdout : stderr, "%s%s", body,
+            *body && body[strlen(body) - 1] == '\n' ? "" : "\n");
+    if (status == 200) return 0;
+    if (status == 422) return 1;
+    if (status == 504) return 75;
+    return status == 500 ? 70 : 69;
+}
+
 /* --- check --- */
 
 static int cmd_check(int argc, char **argv) {
@@ -173,6 +228,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "train")) return ctl_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "evaluate")) return ctl_evaluate(argc - 1, argv + 1);
     if (!strcmp(argv[1], "simulate")) return ctl_simulate(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "reload")) return cmd_reload(argc - 1, argv + 1);
     fprintf(stderr, "promptctl: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 64;

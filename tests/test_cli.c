@@ -137,7 +137,10 @@ Test(cli, dump_config_prints_effective_values) {
  * reloadable keys and names those that need a restart. */
 Test(cli, sighup_reloads_or_refuses_the_configuration, .timeout = 90) {
     const char *conf = write_conf("log.level info\n");
-    char *argv[] = {(char *)harness_promptd(), "--config", (char *)conf, NULL};
+    char state[600];
+    snprintf(state, sizeof state, "learner.checkpoint_dir=%s/state", dir);
+    char *argv[] = {(char *)harness_promptd(),    "--config", (char *)conf, "--set",
+                    "metrics.listen=127.0.0.1:0", "--set",    state,        NULL};
     Proc p;
     cr_assert_eq(proc_start(&p, argv, NULL, out, err), 0);
     cr_assert_eq(harness_wait_text(err, "serving:", 20000), 0, "promptd did not start");

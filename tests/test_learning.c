@@ -39,7 +39,8 @@ static void daemon_start(Daemon *d, const char *const *extra) {
                           "policy.seed=7",
                           "reward.window=5s",
                           "kafka.consumer.session.timeout.ms=6000",
-                          "kafka.consumer.heartbeat.interval.ms=500"};
+                          "kafka.consumer.heartbeat.interval.ms=500",
+                          "metrics.listen=127.0.0.1:0"};
     for (size_t i = 0; i < sizeof sets / sizeof *sets; i++) {
         argv[n++] = "--set";
         argv[n++] = (char *)sets[i];

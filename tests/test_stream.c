@@ -61,9 +61,10 @@ static void host_broker(Run *r, int partitions) {
  * uses its embedded one and the test reads the bootstrap file it writes. */
 static void start_promptd(Run *r, const char *const *sets) {
     char *argv[64];
-    char brokers[600], bootfile[600], bootpath[512];
+    char brokers[600], bootfile[600], bootpath[512], state[600];
     int n = 0;
     argv[n++] = (char *)harness_promptd();
+    snprintf(state, sizeof state, "learner.checkpoint_dir=%s/state", r->dir);
     if (r->broker) {
         snprintf(brokers, sizeof brokers, "kafka.brokers=%s", r->bootstrap);
     } else {
@@ -79,6 +80,10 @@ static void start_promptd(Run *r, const char *const *sets) {
     argv[n++] = "kafka.consumer.session.timeout.ms=6000";
     argv[n++] = "--set";
     argv[n++] = "kafka.consumer.heartbeat.interval.ms=500";
+    argv[n++] = "--set";
+    argv[n++] = "metrics.listen=127.0.0.1:0"; /* tests run beside each other */
+    argv[n++] = "--set";
+    argv[n++] = state;
     for (; sets && *sets; sets++) {
         argv[n++] = "--set";
         argv[n++] = (char *)*sets;
