@@ -51,14 +51,14 @@ SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fr
 KERNELS    := normalize rng tokenize encoder encoder_backward triplet safetensors policy ppo adam
 DAEMON     := cache checkpoint config hashmap journal kafka learner log luacore luapat message model \
               mockbroker offsets pack packwatch pd pipeline redis sandbox scenario selector session train \
-              stats metrics notify observe
-CTL        := promptctl ctl_simulate ctl_train
+              stats metrics notify observe promtext
+CTL        := promptctl ctl_simulate ctl_train simview ctl_common ctl_send ctl_replay ctl_status
 KERNEL_SRC := $(KERNELS:%=kernels/%.c)
 DAEMON_SRC := $(DAEMON:%=daemon/%.c)
 LIB_SRC    := $(KERNEL_SRC) $(DAEMON_SRC)
 UNIT_TESTS := config normalize message offsets log rng luapat lua journal checkpoint session \
-              tokenize encoder safetensors cache policy notify metrics
-INTEG_TESTS := cli stream learning service
+              tokenize encoder safetensors cache policy notify metrics promtext
+INTEG_TESTS := cli stream learning service ops
 TEST_HELPERS := tests/harness.c
 
 LIB_OBJ      := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
@@ -161,7 +161,8 @@ check-unit: $(UNIT_BINS) $(UNIT_BINS_SAN)
 
 check-integration: $(BUILD)/promptd $(BUILD)/promptctl $(MODEL) $(INTEG_BINS)
 	@for t in $(INTEG_BINS); do \
-	    echo "== $$t"; PROMPTD=$(BUILD)/promptd $$t --jobs 1 || exit 1; \
+	    echo "== $$t"; PROMPTD=$(BUILD)/promptd PROMPTCTL=$(BUILD)/promptctl $$t --jobs 1 \
+	        || exit 1; \
 	done
 	@echo "== tests/test_systemd.sh"; bash tests/test_systemd.sh $(BUILD)
 
@@ -171,18 +172,20 @@ format:
 # --- running ---
 
 demo: deps
-	@$(MAKE) --no-print-directory $(BUILD)/promptd $(MODEL)
-	@sh scripts/demo.sh $(BUILD)/promptd
+	@$(MAKE) --no-print-directory $(BUILD)/promptd $(BUILD)/promptctl $(MODEL)
+	@sh scripts/demo.sh $(BUILD)
 
 BENCHES := stream lua encoder cache policy
 
 bench: deps deps-torch
-	@$(MAKE) --no-print-directory $(BUILD)/promptd $(BENCHES:%=$(BUILD)/bench/bench_%)
+	@$(MAKE) --no-print-directory $(BUILD)/promptd $(BUILD)/promptctl $(MODEL) \
+	    $(BENCHES:%=$(BUILD)/bench/bench_%)
 	@$(BUILD)/bench/bench_stream $(BUILD)/promptd
 	@$(BUILD)/bench/bench_lua
 	@OPENBLAS_NUM_THREADS=1 $(BUILD)/bench/bench_encoder
 	@$(BUILD)/bench/bench_cache
 	@OPENBLAS_NUM_THREADS=1 $(BUILD)/bench/bench_policy
+	@sh bench/learning.sh $(BUILD)
 
 # Regenerates the parity references under tests/reference/ (then commit them): the
 # tokeniser corpus with the reference's ids, and the PyTorch tensors of the encoder.

@@ -593,6 +593,10 @@ void cache_close(Cache *c) {
     free(c);
 }
 
+struct RedisLink *cache_redis_link(Cache *c) {
+    return c->link;
+}
+
 CacheStats cache_stats(const Cache *c) {
     CacheStats s = {0};
     s.l1_hits = counter_read(&c->l1_hits);

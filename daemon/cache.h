@@ -98,4 +98,9 @@ void cache_put(Cache *c, const CacheKey *keys, size_t n, int dim, const float *v
 
 CacheStats cache_stats(const Cache *c);
 
+/* The cache's Redis link, for the journal and the session store to share (one connection,
+ * one reconnect thread, one outage); NULL with redis.url none. It stays the cache's: it
+ * lives until cache_close, so close the journal and sessions first. Serving thread only. */
+struct RedisLink *cache_redis_link(Cache *c);
+
 #endif

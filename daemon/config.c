@@ -127,7 +127,7 @@ static const KeyDef keys[] = {
      "rewards are clipped to [-clip, clip]"},
     {"journal.max_entries", T_INT, "1000000", 1, 100000000, true, F(journal_max_entries), NULL,
      "decisions waiting for rewards; the oldest close early beyond it"},
-    {"session.ttl", T_DURATION, "1h", 1 * SEC, 30 * 24 * 60 * MIN, true, F(session_ttl_ms), NULL,
+    {"session.ttl", T_DURATION, "1h", 1 * SEC, 30 * 24 * 60 * MIN, false, F(session_ttl_ms), NULL,
      "a session unseen this long starts afresh"},
     {"session.max", T_INT, "100000", 1, 100000000, false, F(session_max), NULL,
      "sessions remembered; the least recently seen go first"},

@@ -24,11 +24,15 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "metrics.h"
 #include "pd.h"
 #include "scenario.h"
+#include "simview.h"
 
 typedef struct {
-    const char *brokers, *bootstrap_file, *scenario, *write_pack, *json_out, *csv_out;
+    const char *brokers, *bootstrap_file, *scenario, *write_pack, *json_out, *csv_out, *svg_out;
+    const char *admin;
+    bool live;
     const char *topic_prompts, *topic_decisions, *topic_rewards;
     const char *params[65];
     const char *kafka_props[65];
@@ -75,6 +79,9 @@ typedef struct {
     DueHeap due;
     Tally t;
     FILE *csv;
+    SimView *view;
+    char pack_version[64];
+    double refused; /* promptd_pack_reloads_total{result="refused"} last seen; -1: unknown */
 } Sim;
 
 static volatile sig_atomic_t interrupted;
@@ -106,6 +113,10 @@ static void usage(FILE *out) {
             "      --stall SECONDS        give up after this long without a decision (default 60)\n"
             "      --json FILE            write the summary as JSON\n"
             "      --csv FILE             write the running figures every --every decisions\n"
+            "      --svg FILE             draw the learning curve into FILE at the end\n"
+            "      --live                 a live view of the run instead of progress lines\n"
+            "      --admin TARGET         also watch promptd's metrics there for refused pack\n"
+            "                             reloads (an admin socket or host:port)\n"
             "      --topic-prompts T, --topic-decisions T, --topic-rewards T\n"
             "                             topic names (default promptd.prompts, ...)\n"
             "      --write-pack DIR       write a policy pack for the scenario's templates into\n"
@@ -116,7 +127,7 @@ static void usage(FILE *out) {
 }
 
 static int parse(int argc, char **argv, SimOptions *o) {
-    enum { SEED = 256, STALL, JSON, CSV, TP, TD, TR, PACK };
+    enum { SEED = 256, STALL, JSON, CSV, TP, TD, TR, PACK, SVG, LIVE, ADMIN };
     static const struct option opts[] = {{"scenario", required_argument, NULL, 's'},
                                          {"param", required_argument, NULL, 'p'},
                                          {"brokers", required_argument, NULL, 'b'},
@@ -135,6 +146,9 @@ static int parse(int argc, char **argv, SimOptions *o) {
                                          {"topic-decisions", required_argument, NULL, TD},
                                          {"topic-rewards", required_argument, NULL, TR},
                                          {"write-pack", required_argument, NULL, PACK},
+                                         {"svg", required_argument, NULL, SVG},
+                                         {"live", no_argument, NULL, LIVE},
+                                         {"admin", required_argument, NULL, ADMIN},
                                          {"help", no_argument, NULL, 'h'},
                                          {0}};
     *o = (SimOptions){.scenario = "alarm",
@@ -179,6 +193,9 @@ static int parse(int argc, char **argv, SimOptions *o) {
         case TD: o->topic_decisions = optarg; break;
         case TR: o->topic_rewards = optarg; break;
         case PACK: o->write_pack = optarg; break;
+        case SVG: o->svg_out = optarg; break;
+        case LIVE: o->live = true; break;
+        case ADMIN: o->admin = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }
@@ -390,11 +407,13 @@ static void report(Sim *s) {
     const Tally *t = &s->t;
     double n = (double)t->filled, mean = t->sum_q / n, oracle = t->sum_oracle / n;
     double uniform = t->sum_uniform / n;
-    printf("decisions %7" PRIu64 "  policy v%-5" PRId64 " last %zu: quality %.3f  oracle %.3f  "
-           "uniform %.3f  -> %.2f of oracle (uniform %.2f)  regret %.0f\n",
-           t->decided, t->policy_version, t->filled, mean, oracle, uniform,
-           oracle > 0 ? mean / oracle : 0, oracle > 0 ? uniform / oracle : 0, t->regret);
-    fflush(stdout);
+    if (!s->o.live) {
+        printf("decisions %7" PRIu64 "  policy v%-5" PRId64 " last %zu: quality %.3f  oracle "
+               "%.3f  uniform %.3f  -> %.2f of oracle (uniform %.2f)  regret %.0f\n",
+               t->decided, t->policy_version, t->filled, mean, oracle, uniform,
+               oracle > 0 ? mean / oracle : 0, oracle > 0 ? uniform / oracle : 0, t->regret);
+        fflush(stdout);
+    }
     if (s->csv)
         fprintf(s->csv, "%" PRIu64 ",%" PRId64 ",%.6f,%.6f,%.6f,%.6f\n", t->decided,
                 t->policy_version, mean, oracle, uniform, t->regret);
@@ -408,6 +427,58 @@ static long long own_index(const Sim *s, const char *id) {
     char *end;
     long long i = strtoll(id + n, &end, 10);
     return *end || i < 0 || i >= s->o.prompts ? -1 : i;
+}
+
+/* A decision from another pack version than the last one: the pack was reloaded. */
+static void watch_pack(Sim *s, const json_t *d) {
+    const char *pack = json_string_value(json_object_get(d, "pack"));
+    const char *version = json_string_value(json_object_get(d, "script_version"));
+    if (!pack || !version || !strcmp(version, s->pack_version)) return;
+    bool first = !s->pack_version[0];
+    snprintf(s->pack_version, sizeof s->pack_version, "%s", version);
+    if (s->view)
+        simview_event(s->view, "%s pack %s version %.8s", first ? "serving" : "reloaded: now", pack,
+                      version);
+    if (!s->o.live && !first)
+        printf("decisions %7" PRIu64 "  pack %s reloaded: version %s\n", s->t.decided, pack,
+               version);
+}
+
+/* A pack reload that promptd refused never shows in the decisions (the previous pack
+ * keeps serving), so it is read from promptd's metrics. */
+static void watch_refusals(Sim *s) {
+    static char page[1 << 17];
+    char err[256];
+    int status = 0;
+    if (metrics_client_request(s->o.admin, "GET", "/metrics", 1000, &status, page, sizeof page, err,
+                               sizeof err) ||
+        status != 200)
+        return;
+    const char *key = "promptd_pack_reloads_total{result=\"refused\"} ";
+    const char *at = strstr(page, key);
+    double refused = at ? strtod(at + strlen(key), NULL) : 0;
+    if (s->refused >= 0 && refused > s->refused) {
+        if (s->view)
+            simview_event(s->view, "pack reload refused: the previous version keeps serving");
+        if (!s->o.live)
+            printf("decisions %7" PRIu64 "  pack reload refused: the previous version keeps "
+                   "serving\n",
+                   s->t.decided);
+    }
+    s->refused = refused;
+}
+
+/* Feeds the view and the progress lines with one more decision for template k. */
+static void show(Sim *s, size_t k) {
+    const Tally *t = &s->t;
+    if (s->view) {
+        simview_choice(s->view, k);
+        if (t->decided % 100 == 0 || t->decided == (uint64_t)s->o.prompts)
+            simview_point(s->view, t->decided, t->sum_q / (double)t->filled,
+                          t->sum_oracle / (double)t->filled, t->sum_uniform / (double)t->filled,
+                          t->policy_version);
+    }
+    if (s->o.every && t->decided % (uint64_t)s->o.every == 0) report(s);
 }
 
 static int on_decision(Sim *s, const rd_kafka_message_t *m) {
@@ -444,11 +515,13 @@ static int on_decision(Sim *s, const rd_kafka_message_t *m) {
         } else {
             slot->decided = true;
             s->t.policy_version = json_integer_value(json_object_get(d, "policy_version"));
-            for (size_t k = 0; k < scenario_template_count(s->scenario); k++)
-                if (!strcmp(scenario_template_name(s->scenario, k), name)) s->t.per_template[k]++;
+            size_t k = 0, n = scenario_template_count(s->scenario);
+            while (k < n && strcmp(scenario_template_name(s->scenario, k), name)) k++;
+            if (k < n) s->t.per_template[k]++;
             tally(&s->t, q, slot->sit.oracle, slot->sit.uniform);
             scenario_release(s->scenario, &slot->sit);
-            if (s->o.every && s->t.decided % (uint64_t)s->o.every == 0) report(s);
+            watch_pack(s, d);
+            show(s, k);
         }
     }
     json_decref(d);
@@ -471,9 +544,18 @@ static int run(Sim *s) {
     uint64_t sent = 0, total = (uint64_t)s->o.prompts;
     int64_t start = (int64_t)pd_mono_ms(), last_progress = start;
     uint64_t last_decided = 0;
+    int64_t next_frame = 0, next_scrape = 0;
 
     while (!interrupted && (s->t.decided < total || s->due.len)) {
         int64_t now = (int64_t)pd_mono_ms();
+        if (s->o.admin && now >= next_scrape) {
+            watch_refusals(s);
+            next_scrape = now + 1000;
+        }
+        if (s->o.live && now >= next_frame) {
+            simview_draw(s->view, stdout);
+            next_frame = now + 250;
+        }
         uint64_t allowed =
             s->o.rate > 0 ? (uint64_t)(s->o.rate * (double)(now - start) / 1000) + 1 : total;
         while (sent < total && sent < allowed && sent - s->t.decided < (uint64_t)s->o.inflight) {
@@ -504,6 +586,7 @@ static int run(Sim *s) {
         }
     }
     rd_kafka_flush(s->producer, 30000);
+    if (s->o.live) simview_draw(s->view, stdout);
     return interrupted ? -1 : 0;
 }
 
@@ -554,6 +637,7 @@ static void sim_free(Sim *s) {
     if (s->consumer) rd_kafka_consumer_close(s->consumer), rd_kafka_destroy(s->consumer);
     if (s->producer) rd_kafka_destroy(s->producer);
     if (s->csv) fclose(s->csv);
+    simview_free(s->view);
     scenario_free(s->scenario);
 }
 
@@ -573,7 +657,7 @@ static int open_clients(Sim *s) {
 }
 
 int ctl_simulate(int argc, char **argv) {
-    Sim s = {0};
+    Sim s = {.refused = -1};
     char path[PATH_MAX], err[2048];
     if (parse(argc, argv, &s.o)) return PD_EXIT_USAGE;
 
@@ -612,11 +696,28 @@ int ctl_simulate(int argc, char **argv) {
         fprintf(stderr, "promptctl simulate: cannot write %s\n", s.o.csv_out);
     if (s.csv) fprintf(s.csv, "decisions,policy_version,quality,oracle,uniform,regret\n");
 
+    if (s.o.live || s.o.svg_out) {
+        const char *names[SCENARIO_TEMPLATES_MAX];
+        char title[160];
+        for (size_t i = 0; i < k && i < SCENARIO_TEMPLATES_MAX; i++)
+            names[i] = scenario_template_name(s.scenario, i);
+        snprintf(title, sizeof title, "promptd learning the %s scenario",
+                 scenario_name(s.scenario));
+        s.view = simview_new(title, names, k < SCENARIO_TEMPLATES_MAX ? k : SCENARIO_TEMPLATES_MAX,
+                             w, (uint64_t)s.o.prompts);
+    }
+
     signal(SIGINT, on_interrupt);
     signal(SIGTERM, on_interrupt);
     int64_t start = (int64_t)pd_mono_ms();
     int rc = open_clients(&s) ? PD_EXIT_CONFIG : run(&s) ? 1 : 0;
     if (s.t.decided) summary(&s, (double)((int64_t)pd_mono_ms() - start) / 1000);
+    if (s.view && s.o.svg_out && s.t.decided) {
+        if (simview_write_svg(s.view, s.o.svg_out, err, sizeof err))
+            fprintf(stderr, "promptctl simulate: %s\n", err);
+        else
+            printf("  learning curve: %s\n", s.o.svg_out);
+    }
     sim_free(&s);
     return rc;
 }

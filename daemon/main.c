@@ -216,8 +216,11 @@ typedef struct {
 static JournalConfig journal_config(const Config *c) {
     bool drop = !strcmp(c->reward_default, "drop");
     return (JournalConfig){(JournalRule)journal_rule_parse(c->reward_aggregate),
-                           c->reward_window_ms, drop, drop ? 0 : strtod(c->reward_default, NULL),
-                           (size_t)c->journal_max_entries};
+                           c->reward_window_ms,
+                           drop,
+                           drop ? 0 : strtod(c->reward_default, NULL),
+                           (size_t)c->journal_max_entries,
+                           0};
 }
 
 static PolicySampling sampling_of(const Config *c) {
@@ -248,8 +251,8 @@ static int reload_config(Service *s, char *msg, size_t msglen) {
     if (load_config(&fresh, &s->opts, &errs)) {
         pd_log(PD_LOG_ERR, PD_MOD_CONFIG, "reload refused, the running configuration stays: %s",
                errs.text);
-        snprintf(msg, msglen, "configuration refused: %.*s", (int)strcspn(errs.text, "\n"),
-                 errs.text);
+        snprintf(msg, msglen, "configuration refused, the running one stays: %.*s",
+                 (int)strcspn(errs.text, "\n"), errs.text);
         config_free(&fresh);
         return -1;
     }
@@ -269,7 +272,8 @@ static int reload_config(Service *s, char *msg, size_t msglen) {
     if (resize_batch(s))
         pd_log(PD_LOG_WARNING, PD_MOD_MAIN, "no memory for the larger batch; it stays at %zu",
                s->batch_cap);
-    snprintf(msg, msglen, "configuration reloaded (%d key(s) applied)", applied);
+    pd_log(PD_LOG_NOTICE, PD_MOD_CONFIG, "configuration reloaded: %d key(s) changed", applied);
+    snprintf(msg, msglen, "configuration: %d key(s) changed", applied);
     return 0;
 }
 
@@ -290,7 +294,10 @@ static void reload(Service *s) {
     swap_pack(s);
 
     bool pack_ok = strncmp(pack_msg, "refused", 7) && strncmp(pack_msg, "timed out", 9);
-    snprintf(answer, sizeof answer, "%s; %s", config_msg, pack_msg);
+    const char *pack_part = pack_msg;
+    if (!strncmp(pack_part, "loaded: ", 8)) pack_part += 8;
+    if (!strncmp(pack_part, "refused: ", 9)) pack_part += 9;
+    snprintf(answer, sizeof answer, "%s; %s", pack_part, config_msg);
     if (s->metrics)
         metrics_reload_end(s->metrics, ticket,
                            config_ok && pack_ok ? METRICS_RELOAD_OK : METRICS_RELOAD_REFUSED,
@@ -416,8 +423,13 @@ static int start_learning(Service *s) {
     PolicySampling sampling = sampling_of(c);
     s->selector = selector_new(model_dim(s->model), &sampling, (uint64_t)c->policy_seed);
     JournalConfig jc = journal_config(c);
-    s->journal = journal_new(&jc);
-    s->sessions = session_new(model_dim(s->model), c->session_ttl_ms, (size_t)c->session_max);
+    /* Keys are per consumer group, so that deployments sharing a Redis never meet. */
+    char prefix[300];
+    snprintf(prefix, sizeof prefix, "promptd:%s:", c->kafka_group_id);
+    struct RedisLink *link = cache_redis_link(s->cache);
+    s->journal = journal_new(&jc, link, prefix);
+    s->sessions =
+        session_new(model_dim(s->model), c->session_ttl_ms, (size_t)c->session_max, link, prefix);
     if (!s->selector || !s->journal || !s->sessions) {
         pd_log(PD_LOG_ERR, PD_MOD_MAIN, "out of memory at start-up");
         return PD_EXIT_SOFTWARE;

@@ -182,8 +182,25 @@ static void render_cache(MetricsWriter *w) {
 }
 
 static void render_rewards(MetricsWriter *w, const JournalStats *j, double mean) {
-    metrics_gauge(w, "promptd_journal_entries", "Decisions waiting for their reward.",
+    metrics_gauge(w, "promptd_journal_entries",
+                  "Decisions waiting for their reward: in Redis (every instance's) when it is "
+                  "used, else in this process.",
+                  (double)(j->redis_enabled ? j->redis_open : j->open));
+    metrics_gauge(w, "promptd_journal_memory_entries",
+                  "Decisions this process keeps in memory until their window closes.",
                   (double)j->open);
+    if (j->redis_enabled) {
+        metrics_family(w, "promptd_journal_redis_total", METRICS_COUNTER,
+                       "The journal's dealings with Redis: writes taken, decisions kept in "
+                       "memory only (Redis unavailable), writes without a reply (sent again), "
+                       "reward events Redis could not join, errors, entries Redis lost.");
+        metrics_value1(w, "event", "put", (double)j->redis_puts);
+        metrics_value1(w, "event", "fallback", (double)j->redis_fallbacks);
+        metrics_value1(w, "event", "uncertain", (double)j->redis_uncertain);
+        metrics_value1(w, "event", "unavailable", (double)j->redis_unavailable);
+        metrics_value1(w, "event", "error", (double)j->redis_errors);
+        metrics_value1(w, "event", "lost", (double)j->redis_lost);
+    }
     metrics_family(w, "promptd_reward_events_total", METRICS_COUNTER,
                    "Reward events by outcome: joined to a waiting decision, late (it had "
                    "closed), unknown id, no reward (reward() returned nil), error.");

@@ -64,6 +64,9 @@ struct Pipeline {
     const char **texts; /* the batch's normalised texts, for the encoder */
     size_t *lens;
     size_t texts_cap, lens_cap;
+    const char **session_ids; /* the batch's sessions, read from Redis in one round trip */
+    size_t *session_lens;
+    size_t session_ids_cap, session_lens_cap;
     CacheKey *keys; /* cache keys of the batch's texts; the misses' gathered after them */
     bool *found;
     size_t *miss; /* rows of the batch that missed the cache */
@@ -122,6 +125,8 @@ void pipeline_free(Pipeline *p) {
     free(p->vectors);
     free(p->texts);
     free(p->lens);
+    free(p->session_ids);
+    free(p->session_lens);
     free(p->keys);
     free(p->found);
     free(p->miss);
@@ -175,12 +180,11 @@ static int encode_abouts(Pipeline *p, const Pack *pack, float *emb, char *err, s
  * most of its learning pulling them apart. Removing the pack's mean direction and
  * re-normalising keeps only what tells the templates apart. With a single template there
  * is nothing to tell apart, and it stays as it is. */
-static void center_templates(float *emb, size_t n, size_t E) {
-    if (n < 2) return;
-    float mean[1024] = {0};
-    PD_ASSERT(E <= PD_ARRAY_LEN(mean));
+static void center_templates(float *emb, size_t n, size_t E, float *mean) {
+    memset(mean, 0, E * sizeof *mean);
     for (size_t i = 0; i < n; i++)
         for (size_t j = 0; j < E; j++) mean[j] += emb[i * E + j] / (float)n;
+    if (n < 2) return;
     for (size_t i = 0; i < n; i++) {
         float *t = emb + i * E, norm = 0;
         for (size_t j = 0; j < E; j++) t[j] -= mean[j], norm += t[j] * t[j];
@@ -194,10 +198,12 @@ Pack *pipeline_use_pack(Pipeline *p, Pack *pack, char *err, size_t errlen) {
     float *emb = malloc(n * E * sizeof *emb);
     uint64_t *hashes = malloc(n * sizeof *hashes);
     int rc = emb && hashes ? encode_abouts(p, pack, emb, err, errlen) : -1;
-    if (rc == 0) center_templates(emb, n, E);
+    float mean[1024];
+    PD_ASSERT(E <= PD_ARRAY_LEN(mean));
+    if (rc == 0) center_templates(emb, n, E, mean);
     for (size_t i = 0; rc == 0 && i < n; i++)
         hashes[i] = template_hash(pack_template(pack, i)->name);
-    if (rc == 0 && selector_set_templates(p->parts.selector, hashes, emb, n)) rc = -1;
+    if (rc == 0 && selector_set_templates(p->parts.selector, hashes, emb, n, mean)) rc = -1;
     if (rc == 0) learner_add_templates(p->parts.learner, hashes, emb, n);
     if (rc && !emb) snprintf(err, errlen, "out of memory encoding the templates");
     free(emb);
@@ -386,9 +392,27 @@ static int select_and_render(Pipeline *p, Slot *s) {
     return rc ? rc : append(&p->rendered, p->render_buf.data, p->render_buf.len, &s->out_off);
 }
 
+/* The sessions of the batch in one round trip, before build_state asks for each. Without
+ * the room for it, each session_get reads on its own: slower, not wrong. */
+static void prefetch_sessions(Pipeline *p, const Slot *slots, int n) {
+    if (reserve((void **)&p->session_ids, &p->session_ids_cap, (size_t)n, sizeof *p->session_ids) ||
+        reserve((void **)&p->session_lens, &p->session_lens_cap, (size_t)n,
+                sizeof *p->session_lens))
+        return;
+    size_t m = 0;
+    for (int i = 0; i < n; i++) {
+        const Prompt *pr = &slots[i].prompt;
+        if (slots[i].reason != MSG_OK || !pr->session) continue;
+        p->session_ids[m] = pr->session;
+        p->session_lens[m++] = pr->session_len;
+    }
+    if (m) session_prefetch(p->parts.sessions, p->session_ids, p->session_lens, m, pd_wall_ms());
+}
+
 static int stage_select(Pipeline *p, Slot *slots, int n, char *err, size_t errlen) {
     uint64_t errors_before = pack_eligible_errors(p->pack);
     p->rendered.len = p->records.len = 0;
+    prefetch_sessions(p, slots, n);
     if (reserve((void **)&p->eligible, &p->eligible_cap, pack_template_count(p->pack),
                 sizeof *p->eligible))
         goto oom;
@@ -549,6 +573,7 @@ void pipeline_tick(Pipeline *p, int64_t now_ms) {
     size_t n;
     while ((n = journal_expire(p->parts.journal, now_ms, closed, PD_ARRAY_LEN(closed))) > 0)
         for (size_t i = 0; i < n; i++) submit(p, &closed[i]);
+    session_flush(p->parts.sessions, now_ms); /* so that other instances see this batch's turns */
 
     uint64_t version = selector_policy_version(p->parts.selector);
     size_t count = policy_param_count(selector_policy_dims(p->parts.selector));

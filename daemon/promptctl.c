@@ -40,6 +40,16 @@ static void usage(FILE *out) {
                  "  simulate [OPTION]...\n"
                  "        play a seeded scenario against a running promptd through Kafka and\n"
                  "        report its choices against the oracle's (see simulate --help)\n"
+                 "  send [OPTION]... TEXT...\n"
+                 "        send one prompt through promptd and print its decision or dead\n"
+                 "        letter (see send --help)\n"
+                 "  replay --pack DIR --decisions FILE --rewards FILE [--against DIR]\n"
+                 "        re-score logged decisions and rewards with a pack's reward() before\n"
+                 "        it goes live (see replay --help)\n"
+                 "  status [--admin TARGET]\n"
+                 "        one screen about a running promptd from its admin endpoint\n"
+                 "  top [--admin TARGET] [--interval 1s] [--once]\n"
+                 "        a live view of a running promptd; q quits\n"
                  "  help  print this help\n");
 }
 
@@ -228,6 +238,10 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "train")) return ctl_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "evaluate")) return ctl_evaluate(argc - 1, argv + 1);
     if (!strcmp(argv[1], "simulate")) return ctl_simulate(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "send")) return ctl_send(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "replay")) return ctl_replay(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "status")) return ctl_status(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "top")) return ctl_top(argc - 1, argv + 1);
     if (!strcmp(argv[1], "reload")) return cmd_reload(argc - 1, argv + 1);
     fprintf(stderr, "promptctl: unknown command '%s'\n", argv[1]);
     usage(stderr);

@@ -1,6 +1,6 @@
 /*
  * The Redis link: redis.url parsing, connect and handshake under timeouts, and the
- * reconnect thread. Issues no data commands; cache.c does.
+ * reconnect thread. Issues no data commands; cache.c, journal.c and session.c do.
  *
  * Threads: the serving thread owns the connection in use (ctx). The reconnect thread
  * makes new connections and leaves one in `ready`, under the lock; the serving thread
@@ -433,8 +433,8 @@ static void outage_begin(RedisLink *l, const char *reason, bool at_start) {
     l->want = true;
     pthread_cond_signal(&l->wake);
     pd_log(PD_LOG_WARNING, REDIS_LOG_MOD,
-           "redis %s unavailable%s (%s); the cache serves from L1 and the encoder and "
-           "reconnects in the background",
+           "redis %s unavailable%s (%s); the cache serves from L1 and the encoder, the journal "
+           "and session context from memory; reconnecting in the background",
            l->name, at_start ? " at start" : "", reason);
 }
 
@@ -445,8 +445,9 @@ static void outage_end(RedisLink *l, unsigned attempts) {
     count(&l->reconnects, 1);
     atomic_store(&l->up, true);
     pd_log(PD_LOG_NOTICE, REDIS_LOG_MOD,
-           "redis %s back after %.1f s (%u connection attempts); the cache uses it again", l->name,
-           (double)ms / 1000.0, attempts);
+           "redis %s back after %.1f s (%u connection attempts); the cache, journal and "
+           "sessions use it again",
+           l->name, (double)ms / 1000.0, attempts);
 }
 
 /* Serving thread. */
@@ -468,6 +469,18 @@ void redis_link_fail(RedisLink *l, int errno_saved) {
 
 void redis_link_fail_protocol(RedisLink *l, const char *what) {
     drop(l, false, what);
+}
+
+size_t redis_link_replies(RedisLink *l, redisContext *c, redisReply **replies, size_t n) {
+    size_t got = 0;
+    for (; got < n; got++) {
+        if (redisGetReply(c, (void **)&replies[got]) != REDIS_OK) {
+            redis_link_fail(l, errno);
+            break;
+        }
+    }
+    for (size_t i = got; i < n; i++) replies[i] = NULL;
+    return got;
 }
 
 redisContext *redis_link_get(RedisLink *l) {

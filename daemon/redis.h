@@ -10,8 +10,10 @@
  * warning is logged when an outage begins and one notice when it ends.
  *
  * It sends no commands of its own beyond the handshake (AUTH, SELECT, PING): what to read
- * and write is the caller's business (see cache.h). No TLS: hiredis 0.14 has none.
- * The process must ignore SIGPIPE (main does): hiredis writes with write(2).
+ * and write is the caller's business (see cache.h, journal.h and session.h, which share one
+ * link: each finishes its round trip before it returns, so their replies never interleave).
+ * No TLS: hiredis 0.14 has none. The process must ignore SIGPIPE (main does): hiredis
+ * writes with write(2).
  */
 #ifndef PD_REDIS_H
 #define PD_REDIS_H
@@ -82,6 +84,12 @@ void redis_link_fail(RedisLink *l, int errno_saved);
 
 /* The server's answer made no sense (what says how): handled as a failed connection. */
 void redis_link_fail_protocol(RedisLink *l, const char *what);
+
+/* Sends the n commands appended on c (the context from redis_link_get) and reads their
+ * replies into replies[0, n), in order. On a failure it calls redis_link_fail, leaves the
+ * rest NULL and returns how many were read: a command without a reply may or may not have
+ * run. The caller frees each reply. Serving thread only. */
+size_t redis_link_replies(RedisLink *l, redisContext *c, redisReply **replies, size_t n);
 
 /* Counters and state, readable from any thread. */
 typedef struct {

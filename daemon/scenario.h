@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define SCENARIO_TEMPLATES_MAX 256
+
 typedef struct Scenario Scenario;
 
 /* One prompt of the stream. The scenario keeps the Lua side of it until released. */

@@ -11,6 +11,12 @@
 
 #define HIDDEN      64
 #define SCORE_SPACE 32
+/* The running mean of prompt vectors: the templates' mean counts as CENTER_PRIOR prompts,
+ * then each prompt weighs 1 / (prompts seen + CENTER_PRIOR) until that falls to
+ * CENTER_RATE, a time constant of 2,000 prompts: slow next to a batch, quick next to a
+ * day's drift. */
+#define CENTER_RATE  5e-4
+#define CENTER_PRIOR 100.0
 
 struct Selector {
     PolicyDims d;
@@ -24,6 +30,10 @@ struct Selector {
     float *emb, *u;
     size_t n;
     bool u_stale; /* the policy changed since u was computed */
+
+    /* Where prompt vectors are centred (see selector.h), and how many were seen. */
+    float *center;
+    double seen;
 
     /* Scratch for one choice. */
     float *u_elig, *probs, *work;
@@ -43,8 +53,9 @@ Selector *selector_new(int E, const PolicySampling *sampling, uint64_t seed) {
     s->sampling = *sampling;
     rng_seed(&s->rng, seed);
     s->params = calloc(policy_param_count(&s->d), sizeof(float));
-    if (!s->params) {
-        free(s);
+    s->center = calloc((size_t)E, sizeof(float));
+    if (!s->params || !s->center) {
+        selector_free(s);
         return NULL;
     }
     return s;
@@ -60,6 +71,7 @@ void selector_free(Selector *s) {
     free(s->probs);
     free(s->work);
     free(s->elig_hashes);
+    free(s->center);
     free(s);
 }
 
@@ -73,7 +85,8 @@ void selector_set_policy(Selector *s, const float *params, uint64_t version) {
     s->u_stale = true;
 }
 
-int selector_set_templates(Selector *s, const uint64_t *hashes, const float *emb, size_t n) {
+int selector_set_templates(Selector *s, const uint64_t *hashes, const float *emb, size_t n,
+                           const float *center) {
     size_t E = (size_t)s->d.E, Q = (size_t)s->d.Q;
     uint64_t *h = malloc(n * sizeof *h), *eh = malloc(n * sizeof *eh);
     float *e = malloc(n * E * sizeof *e), *u = malloc(n * Q * sizeof *u),
@@ -91,6 +104,7 @@ int selector_set_templates(Selector *s, const uint64_t *hashes, const float *emb
     s->work = w;
     s->n = n;
     s->u_stale = true;
+    if (center && s->seen == 0) memcpy(s->center, center, E * sizeof *center);
     return 0;
 }
 
@@ -100,19 +114,35 @@ const float *selector_template_embedding(const Selector *s, uint64_t hash) {
     return NULL;
 }
 
-void selector_state(const Selector *s, float *x, const float *vector, const float *features,
+/* dst = sqrt(E) (v - centre) / |v - centre|: unit-variance entries, as the policy's
+ * initialisation expects, with the direction every text shares taken out. */
+static void centred(float *dst, const float *v, const float *center, size_t E) {
+    float norm = 0;
+    for (size_t i = 0; i < E; i++) {
+        dst[i] = v[i] - center[i];
+        norm += dst[i] * dst[i];
+    }
+    float scale = norm > 1e-12f ? sqrtf((float)E / norm) : 0;
+    for (size_t i = 0; i < E; i++) dst[i] *= scale;
+}
+
+void selector_state(Selector *s, float *x, const float *vector, const float *features,
                     size_t nfeatures, const SessionView *session) {
     size_t E = (size_t)s->d.E;
     float *scalars = x + 3 * E;
     memset(x, 0, (size_t)s->d.D * sizeof *x);
-    memcpy(x, vector, E * sizeof *x);
+    centred(x, vector, s->center, E);
+    s->seen += 1;
+    double rate = 1 / (s->seen + CENTER_PRIOR);
+    if (rate < CENTER_RATE) rate = CENTER_RATE;
+    for (size_t i = 0; i < E; i++) s->center[i] += (float)rate * (vector[i] - s->center[i]);
     if (nfeatures > SELECTOR_FEATURES) nfeatures = SELECTOR_FEATURES;
     memcpy(scalars, features, nfeatures * sizeof *x);
     if (!session) return;
 
-    if (session->count) memcpy(x + E, session->mean, E * sizeof *x);
+    if (session->count) centred(x + E, session->mean, s->center, E);
     const float *prev = selector_template_embedding(s, session->prev_template);
-    if (prev) memcpy(x + 2 * E, prev, E * sizeof *x);
+    for (size_t i = 0; prev && i < E; i++) x[2 * E + i] = prev[i] * sqrtf((float)E);
     scalars[SELECTOR_FEATURES] = 1;
     scalars[SELECTOR_FEATURES + 1] = (float)(session->turn < 10 ? session->turn : 10) / 10;
     if (session->has_reward) {

@@ -9,6 +9,17 @@
  * features (the first S - 4), then has-session, turn (scaled, capped), the previous
  * reward (squashed) and whether it is known. Zeros where there is no session.
  *
+ * The two prompt vectors enter centred and scaled to entries of unit variance. An
+ * encoder's vectors share one large direction (every text looks alike to it before the
+ * differences), which would leave the policy's first layer all but blind to what tells
+ * prompts apart: measured on the bandit scenario with 32 templates, centring takes the
+ * quality reached in 10,000 rewards from 0.47 to 0.63 of the oracle's. The centre is a
+ * running mean of the prompt vectors served (a time constant of about 2,000 prompts),
+ * starting from the mean of the pack's template descriptions. It is not checkpointed: a
+ * restart begins again from that prior, and the restored policy sees slightly shifted
+ * states for its first few thousand prompts. Saving the centre with the policy would
+ * lift that.
+ *
  * Templates are scored from the embeddings of their `about` sentences, so templates can
  * be added live and a new one starts from a prior: the template tower's outputs are
  * cached per (pack, policy version). The serving thread picks new policy versions up
@@ -42,13 +53,15 @@ void selector_configure(Selector *s, const PolicySampling *sampling);
 /* A new policy (params: policy_param_count floats, copied) with its version. */
 void selector_set_policy(Selector *s, const float *params, uint64_t version);
 
-/* The serving pack's templates: their name hashes and about embeddings ([n, E], copied).
- * Returns 0 or -1 (out of memory: the previous templates stay). */
-int selector_set_templates(Selector *s, const uint64_t *hashes, const float *emb, size_t n);
+/* The serving pack's templates: their name hashes and about embeddings ([n, E], copied),
+ * and the mean of their raw embeddings (the centre's prior until prompts arrive; may be
+ * NULL). Returns 0 or -1 (out of memory: the previous templates stay). */
+int selector_set_templates(Selector *s, const uint64_t *hashes, const float *emb, size_t n,
+                           const float *center);
 
 /* Writes the state of a prompt into x [D]. features: nfeatures floats (more than
  * SELECTOR_FEATURES are ignored); session NULL when the prompt has none. */
-void selector_state(const Selector *s, float *x, const float *vector, const float *features,
+void selector_state(Selector *s, float *x, const float *vector, const float *features,
                     size_t nfeatures, const SessionView *session);
 
 typedef struct {

@@ -647,7 +647,7 @@ Test(metrics, health_reasons_are_cut_at_a_reason_boundary) {
  * (taking delay_ms), and reports result. */
 typedef struct {
     MetricsServer *server;
-    atomic_int flag, stop, reloads;
+    atomic_int flag, stop, reloads, begun;
     MetricsReloadResult result;
     const char *message;
     int delay_ms;
@@ -664,6 +664,7 @@ static void *serving_loop(void *arg) {
     while (!atomic_load(&l->stop)) {
         if (atomic_exchange(&l->flag, 0)) {
             uint64_t ticket = metrics_reload_begin(l->server);
+            atomic_fetch_add(&l->begun, 1);
             usleep((useconds_t)l->delay_ms * 1000);
             metrics_reload_end(l->server, ticket, l->result, l->message);
             atomic_fetch_add(&l->reloads, 1);
@@ -799,7 +800,7 @@ Test(metrics, a_request_during_a_reload_waits_for_the_next_one) {
     PostArg first = {metrics_port(s), {0}}, second = {metrics_port(s), {0}};
     pthread_t t1, t2;
     pthread_create(&t1, NULL, post_thread, &first);
-    usleep(100 * 1000); /* the first reload is running */
+    while (!atomic_load(&l.begun)) usleep(1000); /* the first reload is running */
     pthread_create(&t2, NULL, post_thread, &second);
     pthread_join(t1, NULL);
     pthread_join(t2, NULL);

@@ -101,7 +101,7 @@ static int get(Service *s, const char *method, const char *path, char *body, siz
 static int promptctl(const Service *s, const char *const *args, char *out, size_t len) {
     char path[400], *argv[16];
     int n = 0;
-    argv[n++] = "build/promptctl";
+    argv[n++] = getenv("PROMPTCTL") ? getenv("PROMPTCTL") : "build/promptctl";
     for (; *args; args++) argv[n++] = (char *)*args;
     argv[n] = NULL;
     snprintf(path, sizeof path, "%s/promptctl.out", s->dir);

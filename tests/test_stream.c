@@ -627,12 +627,14 @@ Test(stream, pack_rewritten_50_times_under_load, .timeout = 300) {
     cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0);
     cr_expect_eq(harness_wait_text(r.log, "dead_letters=0 ", 1000), 0,
                  "a reload made prompts fail");
-    /* Refusals are counted exactly; the log rate-limits their lines. */
+    /* Refusals are counted (the log rate-limits their lines). Not necessarily one per
+     * broken version: on a loaded machine a version can be replaced before the loader's
+     * quiet period ends, and then it is never loaded at all. */
     char *log = harness_read_file(r.log, NULL);
     const char *counted = log ? strstr(log, "pack_refused=") : NULL;
     cr_assert_not_null(counted, "no shutdown summary");
-    cr_expect_eq(atoi(counted + 13), broken_written, "%d refusals counted for %d broken versions",
-                 atoi(counted + 13), broken_written);
+    cr_expect(atoi(counted + 13) >= 1 && atoi(counted + 13) <= broken_written,
+              "%d refusals counted for %d broken versions", atoi(counted + 13), broken_written);
     cr_expect_gt(count_lines_with(r.log, "reload refused"), 0, "no refusal was logged");
     free(log);
     tail_close(&tail);
