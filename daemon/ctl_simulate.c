@@ -24,19 +24,20 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "ctl_common.h"
 #include "metrics.h"
 #include "pd.h"
 #include "scenario.h"
 #include "simview.h"
 
 typedef struct {
-    const char *brokers, *bootstrap_file, *scenario, *write_pack, *json_out, *csv_out, *svg_out;
+    CtlKafka kafka;
+    const char *scenario, *write_pack, *json_out, *csv_out, *svg_out;
     const char *admin;
     bool live;
     const char *topic_prompts, *topic_decisions, *topic_rewards;
     const char *params[65];
-    const char *kafka_props[65];
-    size_t nparams, nprops;
+    size_t nparams;
     long long prompts, inflight, every, window, seed;
     double rate, stall_s;
 } SimOptions;
@@ -167,18 +168,16 @@ static int parse(int argc, char **argv, SimOptions *o) {
         errno = 0;
         switch (c) {
         case 's': o->scenario = optarg; break;
-        case 'b': o->brokers = optarg; break;
-        case 'B': o->bootstrap_file = optarg; break;
+        case 'b': o->kafka.brokers = optarg; break;
+        case 'B': o->kafka.bootstrap_file = optarg; break;
         case 'p':
         case 'X':
-            if (!strchr(optarg, '=') || (c == 'p' ? o->nparams : o->nprops) >= 64) {
+            if (c == 'p' ? !strchr(optarg, '=') || o->nparams >= 64
+                         : ctl_kafka_prop(&o->kafka, optarg) != 0) {
                 fprintf(stderr, "promptctl simulate: -%c wants KEY=VALUE (at most 64)\n", c);
                 return -1;
             }
-            if (c == 'p')
-                o->params[o->nparams++] = optarg;
-            else
-                o->kafka_props[o->nprops++] = optarg;
+            if (c == 'p') o->params[o->nparams++] = optarg;
             break;
         case 'n': o->prompts = strtoll(optarg, &end, 10); break;
         case 'r': o->rate = strtod(optarg, &end); break;
@@ -209,7 +208,7 @@ static int parse(int argc, char **argv, SimOptions *o) {
         fprintf(stderr, "promptctl simulate: bad arguments (see --help)\n");
         return -1;
     }
-    if (!o->write_pack && !o->brokers && !o->bootstrap_file) {
+    if (!o->write_pack && !o->kafka.brokers && !o->kafka.bootstrap_file) {
         fprintf(stderr, "promptctl simulate: say where Kafka is: --brokers or --bootstrap-file\n");
         return -1;
     }
@@ -264,93 +263,6 @@ static Due heap_pop(DueHeap *h) {
 }
 
 /* --- Kafka --- */
-
-static int read_bootstrap(const char *path, char *out, size_t len, double wait_s) {
-    for (int64_t end = (int64_t)pd_mono_ms() + (int64_t)(wait_s * 1000); !interrupted;) {
-        FILE *f = fopen(path, "r");
-        if (f) {
-            bool ok = fgets(out, (int)len, f) != NULL;
-            fclose(f);
-            out[strcspn(out, "\r\n")] = 0;
-            if (ok && *out) return 0;
-        }
-        if ((int64_t)pd_mono_ms() > end) break;
-        usleep(100000);
-    }
-    fprintf(stderr,
-            "promptctl simulate: no bootstrap address in %s (is promptd running with "
-            "kafka.embedded.bootstrap_file?)\n",
-            path);
-    return -1;
-}
-
-static rd_kafka_t *client(const SimOptions *o, const char *brokers, rd_kafka_type_t type,
-                          const char *group) {
-    char err[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    bool ok =
-        rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err) == RD_KAFKA_CONF_OK;
-    if (type == RD_KAFKA_PRODUCER) {
-        ok = ok && rd_kafka_conf_set(conf, "linger.ms", "2", err, sizeof err) == RD_KAFKA_CONF_OK;
-    } else {
-        ok = ok && rd_kafka_conf_set(conf, "group.id", group, err, sizeof err) == RD_KAFKA_CONF_OK;
-        ok = ok && rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err) ==
-                       RD_KAFKA_CONF_OK;
-        ok = ok && rd_kafka_conf_set(conf, "fetch.wait.max.ms", "10", err, sizeof err) ==
-                       RD_KAFKA_CONF_OK;
-    }
-    for (size_t i = 0; ok && i < o->nprops; i++) {
-        char key[256];
-        const char *eq = strchr(o->kafka_props[i], '=');
-        snprintf(key, sizeof key, "%.*s", (int)(eq - o->kafka_props[i]), o->kafka_props[i]);
-        ok = rd_kafka_conf_set(conf, key, eq + 1, err, sizeof err) == RD_KAFKA_CONF_OK;
-    }
-    rd_kafka_t *rk = ok ? rd_kafka_new(type, conf, err, sizeof err) : NULL;
-    if (!rk) {
-        fprintf(stderr, "promptctl simulate: Kafka: %s\n", err);
-        if (!ok) rd_kafka_conf_destroy(conf);
-    }
-    return rk;
-}
-
-/* Assigns every partition of the decisions topic at its current end, so that the run
- * reads only the decisions made from now on. */
-static int follow_decisions(Sim *s) {
-    const char *topic = s->o.topic_decisions;
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(s->consumer, topic, NULL);
-    const rd_kafka_metadata_t *md = NULL;
-    int parts = 0;
-    for (int64_t end = (int64_t)pd_mono_ms() + 30000; parts == 0 && !interrupted;) {
-        if (rd_kafka_metadata(s->consumer, 0, rkt, &md, 2000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-            if (md->topic_cnt == 1 && !md->topics[0].err) parts = md->topics[0].partition_cnt;
-            rd_kafka_metadata_destroy(md);
-        }
-        if (parts == 0 && (int64_t)pd_mono_ms() > end) break;
-        if (parts == 0) usleep(200000);
-    }
-    rd_kafka_topic_destroy(rkt);
-    if (parts == 0) {
-        fprintf(stderr, "promptctl simulate: topic %s not found within 30 s\n", topic);
-        return -1;
-    }
-
-    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(parts);
-    for (int p = 0; p < parts; p++) {
-        int64_t low, high;
-        rd_kafka_resp_err_t e =
-            rd_kafka_query_watermark_offsets(s->consumer, topic, p, &low, &high, 10000);
-        if (e) {
-            fprintf(stderr, "promptctl simulate: %s/%d: %s\n", topic, p, rd_kafka_err2str(e));
-            rd_kafka_topic_partition_list_destroy(list);
-            return -1;
-        }
-        rd_kafka_topic_partition_list_add(list, topic, p)->offset = high;
-    }
-    rd_kafka_resp_err_t e = rd_kafka_assign(s->consumer, list);
-    rd_kafka_topic_partition_list_destroy(list);
-    if (e) fprintf(stderr, "promptctl simulate: assign: %s\n", rd_kafka_err2str(e));
-    return e ? -1 : 0;
-}
 
 static int produce(Sim *s, const char *topic, const char *key, const char *payload) {
     for (;;) {
@@ -641,19 +553,42 @@ static void sim_free(Sim *s) {
     scenario_free(s->scenario);
 }
 
+/* promptctl's settings of a client; the -X properties come on top. The values are ones
+ * librdkafka knows, so setting them cannot fail. */
+static rd_kafka_conf_t *conf_of(const char *const *kv, size_t n) {
+    char err[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    for (size_t i = 0; i + 1 < n; i += 2)
+        rd_kafka_conf_set(conf, kv[i], kv[i + 1], err, sizeof err);
+    return conf;
+}
+
+/* A producer, and a consumer that reads the decisions made from now on. */
 static int open_clients(Sim *s) {
-    char brokers[1024], group[64];
-    if (s->o.bootstrap_file) {
-        if (read_bootstrap(s->o.bootstrap_file, brokers, sizeof brokers, 30)) return -1;
-    } else {
-        snprintf(brokers, sizeof brokers, "%s", s->o.brokers);
-    }
+    char brokers[1024], err[1024], group[64];
+    uint64_t deadline = pd_mono_ms() + 30000;
     snprintf(group, sizeof group, "promptctl-simulate-%s", s->tag);
-    s->producer = client(&s->o, brokers, RD_KAFKA_PRODUCER, NULL);
-    s->consumer = s->producer ? client(&s->o, brokers, RD_KAFKA_CONSUMER, group) : NULL;
-    if (!s->consumer) return -1;
-    rd_kafka_poll_set_consumer(s->consumer);
-    return follow_decisions(s);
+    const char *producer[] = {"linger.ms", "2"};
+    const char *consumer[] = {"group.id",          group, "enable.auto.commit", "false",
+                              "fetch.wait.max.ms", "10"};
+
+    int rc = ctl_kafka_check(&s->o.kafka, err, sizeof err);
+    if (rc == 0)
+        rc = ctl_kafka_brokers(&s->o.kafka, brokers, sizeof brokers, deadline, err, sizeof err);
+    if (rc == 0)
+        s->producer = ctl_kafka_client(&s->o.kafka, brokers, RD_KAFKA_PRODUCER,
+                                       conf_of(producer, PD_ARRAY_LEN(producer)), err, sizeof err);
+    if (rc == 0 && s->producer)
+        s->consumer = ctl_kafka_client(&s->o.kafka, brokers, RD_KAFKA_CONSUMER,
+                                       conf_of(consumer, PD_ARRAY_LEN(consumer)), err, sizeof err);
+    if (rc == 0 && !s->consumer) rc = -1;
+    if (rc == 0) {
+        rd_kafka_poll_set_consumer(s->consumer);
+        const char *topics[] = {s->o.topic_decisions};
+        rc = ctl_kafka_follow(s->consumer, topics, 1, deadline, err, sizeof err);
+    }
+    if (rc) fprintf(stderr, "promptctl simulate: %s\n", err);
+    return rc;
 }
 
 int ctl_simulate(int argc, char **argv) {

@@ -3,7 +3,8 @@
  * playing a seeded alarm scenario against it through Kafka (prompts in, decisions out,
  * reward events back). The policy must learn: its choices in the last part of the run
  * must be clearly better than uniform random choice, and the policy it learned must
- * survive a restart through the checkpoint written at SIGTERM.
+ * survive a restart through the checkpoint written at SIGTERM. And with Redis, the journal
+ * outlives the process: the next run joins the rewards of the previous run's decisions.
  */
 #include <criterion/criterion.h>
 #include <jansson.h>
@@ -13,7 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../daemon/metrics.h"
+#include "../daemon/mockbroker.h"
 #include "harness.h"
+#include "redis_harness.h"
 
 typedef struct {
     const char *dir;
@@ -135,5 +139,98 @@ Test(learning, policy_learns_the_alarm_scenario_and_keeps_it_across_restart) {
     json_decref(second);
 
     proc_stop(&d.promptd);
+    harness_cleanup();
+}
+
+/* --- the journal in Redis --- */
+
+#define TOPIC_REWARDS "promptd.rewards"
+
+static void kcat(const char *bootstrap, const char *topic, const char *file) {
+    Proc p;
+    char *argv[] = {"kcat",        "-P",   "-b", (char *)bootstrap, "-t",
+                    (char *)topic, "-K\t", "-l", (char *)file,      NULL};
+    cr_assert_eq(proc_start(&p, argv, NULL, NULL, NULL), 0);
+    cr_assert_eq(proc_wait(&p, 60000), 0, "kcat could not produce %s", file);
+}
+
+static double metric(const char *admin, const char *line_start) {
+    char body[1 << 16], err[256];
+    int status = 0;
+    if (metrics_client_request(admin, "GET", "/metrics", 5000, &status, body, sizeof body, err,
+                               sizeof err) ||
+        status != 200)
+        return -1;
+    const char *at = strstr(body, line_start);
+    return at ? strtod(at + strlen(line_start), NULL) : -1;
+}
+
+static void start_with_redis(Proc *p, const char *dir, const char *bootstrap, const char *url,
+                             const char *admin, const char *log) {
+    char sets[5][700];
+    snprintf(sets[0], sizeof sets[0], "kafka.brokers=%s", bootstrap);
+    snprintf(sets[1], sizeof sets[1], "redis.url=%s", url);
+    snprintf(sets[2], sizeof sets[2], "admin.socket=%s", admin);
+    snprintf(sets[3], sizeof sets[3], "learner.checkpoint_dir=%s/state", dir);
+    snprintf(sets[4], sizeof sets[4], "reward.window=10m");
+    char *argv[20];
+    int n = 0;
+    argv[n++] = (char *)harness_promptd();
+    for (int i = 0; i < 5; i++) argv[n++] = "--set", argv[n++] = sets[i];
+    argv[n++] = "--set", argv[n++] = "metrics.listen=127.0.0.1:0";
+    argv[n++] = "--set", argv[n++] = "kafka.consumer.session.timeout.ms=6000";
+    argv[n] = NULL;
+    cr_assert_eq(proc_start(p, argv, NULL, NULL, log), 0);
+    cr_assert_eq(harness_wait_text(log, "serving:", 30000), 0, "promptd did not start");
+}
+
+/* The journal lives in Redis: decisions made by one promptd are joined to their reward
+ * events by the next one, after a restart, and none is unknown to it. */
+Test(learning, rewards_join_decisions_of_a_previous_run_through_redis) {
+    const char *dir = harness_tmpdir();
+    char err[256], url[300], admin[600], log[600], prompts[600], rewards[600];
+    RedisServer redis;
+    MockBroker *broker = NULL;
+    const char *topics[] = {"promptd.prompts", "promptd.decisions", "promptd.dead-letters",
+                            TOPIC_REWARDS};
+    const int n = 200;
+    cr_assert_eq(rserver_start(&redis, NULL), 0, "redis-server did not start");
+    cr_assert_eq(mockbroker_start(&broker, 1, topics, 4, 4, err, sizeof err), 0, "%s", err);
+    const char *bootstrap = mockbroker_bootstraps(broker);
+    rserver_url(&redis, 0, url, sizeof url);
+    snprintf(admin, sizeof admin, "%s/admin.sock", dir);
+    snprintf(log, sizeof log, "%s/promptd.log", dir);
+
+    Proc first;
+    start_with_redis(&first, dir, bootstrap, url, admin, log);
+    snprintf(prompts, sizeof prompts, "%s/prompts.tsv", dir);
+    cr_assert_eq(harness_write_prompts(prompts, "j-", n), 0);
+    kcat(bootstrap, "promptd.prompts", prompts);
+    long long end = harness_now_ms() + 60000;
+    while (metric(admin, "\npromptd_decisions_total ") < n && harness_now_ms() < end)
+        usleep(100000);
+    cr_assert_eq(metric(admin, "\npromptd_decisions_total "), n, "the first run decided less");
+    proc_signal(&first, SIGTERM);
+    cr_assert_eq(proc_wait(&first, 30000), 0);
+
+    /* The next run never saw these decisions: only Redis did. */
+    Proc second;
+    start_with_redis(&second, dir, bootstrap, url, admin, log);
+    snprintf(rewards, sizeof rewards, "%s/rewards.tsv", dir);
+    FILE *f = fopen(rewards, "w");
+    for (int i = 0; i < n; i++)
+        fprintf(f, "j-%d\t{\"id\":\"j-%d\",\"resolved\":true,\"rating\":5}\n", i, i);
+    fclose(f);
+    kcat(bootstrap, TOPIC_REWARDS, rewards);
+    const char *joined = "\npromptd_reward_events_total{outcome=\"joined\"} ";
+    end = harness_now_ms() + 60000;
+    while (metric(admin, joined) < n && harness_now_ms() < end) usleep(100000);
+    cr_expect_eq(metric(admin, joined), n, "rewards for the previous run's decisions not joined");
+    cr_expect_eq(metric(admin, "\npromptd_reward_events_total{outcome=\"unknown\"} "), 0);
+
+    proc_signal(&second, SIGTERM);
+    cr_expect_eq(proc_wait(&second, 30000), 0);
+    mockbroker_stop(broker);
+    rserver_stop(&redis);
     harness_cleanup();
 }
