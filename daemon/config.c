@@ -408,6 +408,14 @@ static void format_number(KeyType type, int64_t v, char *buf, size_t len) {
 
 /* --- setting one key --- */
 
+/* An integer key's bound, kept as a double in the table: INT64_MAX does not survive the
+ * round trip (2^63 is out of range), so the ends are clamped. */
+static int64_t int_bound(double b) {
+    if (b >= 9223372036854775807.0) return INT64_MAX;
+    if (b <= -9223372036854775807.0) return INT64_MIN;
+    return (int64_t)b;
+}
+
 static int parse_number(const KeyDef *def, const char *value, int64_t *out, char *err,
                         size_t errlen) {
     int rc;
@@ -423,8 +431,8 @@ static int parse_number(const KeyDef *def, const char *value, int64_t *out, char
 
     if (*out < def->min || *out > def->max) {
         char lo[32], hi[32];
-        format_number(def->type, (int64_t)def->min, lo, sizeof lo);
-        format_number(def->type, (int64_t)def->max, hi, sizeof hi);
+        format_number(def->type, int_bound(def->min), lo, sizeof lo);
+        format_number(def->type, int_bound(def->max), hi, sizeof hi);
         snprintf(err, errlen, "must be between %s and %s, got '%s'", lo, hi, value);
         return -1;
     }
@@ -846,8 +854,8 @@ void config_describe(FILE *out) {
         fprintf(out, "%s (%s, default \"%s\"", def->name, type_name(def->type), def->def);
         if (def->type == T_INT || def->type == T_SIZE || def->type == T_DURATION) {
             char lo[32], hi[32];
-            format_number(def->type, (int64_t)def->min, lo, sizeof lo);
-            format_number(def->type, (int64_t)def->max, hi, sizeof hi);
+            format_number(def->type, int_bound(def->min), lo, sizeof lo);
+            format_number(def->type, int_bound(def->max), hi, sizeof hi);
             fprintf(out, ", %s to %s", lo, hi);
         }
         if (def->type == T_REAL) fprintf(out, ", %g to %g", def->min, def->max);

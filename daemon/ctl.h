@@ -5,6 +5,12 @@
 #ifndef PD_CTL_H
 #define PD_CTL_H
 
+/* promptctl train and evaluate (ctl_train.c): triplet training of the encoder and its
+ * held-out scores. Exit 0 done, 64 usage, 65 bad data, 70 out of memory, 73 the model
+ * could not be written, 78 a model file refused. */
+int ctl_train(int argc, char **argv);
+int ctl_evaluate(int argc, char **argv);
+
 /* promptctl simulate: a scenario played against promptd through Kafka. */
 int ctl_simulate(int argc, char **argv);
 

@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include "../kernels/normalize.h"
-#include "ctl_train.h"
 #include "ctl.h"
 #include "log.h"
 #include "metrics.h"
@@ -34,6 +33,11 @@ static void usage(FILE *out) {
                  "        dimensions, or all with --full) and the pairwise cosine similarities\n"
                  "  check [--lib DIR] PACKDIR\n"
                  "        load and check a policy pack as promptd would, without serving\n"
+                 "  train DATA [OPTION]...\n"
+                 "        train the encoder on labelled texts with a triplet loss, write a\n"
+                 "        model promptd can load (see train --help)\n"
+                 "  evaluate MODEL DATA [--reference TRAIN]\n"
+                 "        how well a model separates held-out texts by label (kNN, centroid)\n"
                  "  reload [--admin TARGET] [--timeout SECONDS]\n"
                  "        reload the running promptd's configuration and pack and wait for the\n"
                  "        result: exit 0 reloaded, 1 refused (the previous ones keep serving)\n"

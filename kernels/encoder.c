@@ -351,6 +351,7 @@ static void plan(EncWork *ws, Carver *cv, const EncConfig *cfg, size_t T, size_t
                  unsigned flags) {
     size_t C = (size_t)cfg->d_model, F = (size_t)cfg->d_ff, L = (size_t)cfg->max_len;
 
+    if (flags & ENC_TRAIN) flags |= ENC_TRACE;
     if (S == SIZE_MAX || B == SIZE_MAX) cv->overflow = true; /* S + 1, B + 1 below */
     ws->tok = carve(cv, T, sizeof(int32_t));
     ws->pos = carve(cv, T, sizeof(int32_t));
@@ -368,12 +369,16 @@ static void plan(EncWork *ws, Carver *cv, const EncConfig *cfg, size_t T, size_t
         for (int l = 0; l < cfg->n_layers; l++) {
             EncLayerActs *a = &ws->layer[l];
             a->qkv = r, a->atty = r ? r + G * 3 * C : NULL, a->attn = r, a->fch = r;
-            a->ff = ff, a->ln1 = ws->emb, a->ln2 = ws->emb;
+            a->ff = ff, a->ln1 = ws->emb, a->ln2 = ws->emb, a->slope = NULL, a->att = NULL;
         }
         return;
     }
     for (int l = 0; l < cfg->n_layers; l++) {
         EncLayerActs *a = &ws->layer[l];
+        a->slope = flags & ENC_TRAIN ? carve(cv, mul_sat(T, F), sizeof(float)) : NULL;
+        /* A chunk of N tokens keeps N^2 <= N L probabilities per head. */
+        size_t att = mul_sat(T, mul_sat(L, (size_t)cfg->n_heads));
+        a->att = flags & ENC_TRAIN ? carve(cv, att, sizeof(float)) : NULL;
         a->qkv = carve(cv, mul_sat(T, 3 * C), sizeof(float));
         a->atty = carve(cv, mul_sat(T, C), sizeof(float));
         a->attn = carve(cv, mul_sat(T, C), sizeof(float));
@@ -398,6 +403,7 @@ int enc_work_init(EncWork *ws, void *arena, size_t arena_size, const EncConfig *
                   size_t max_tokens, size_t max_chunks, size_t max_prompts, unsigned flags) {
     size_t need = enc_work_size(cfg, max_tokens, max_chunks, max_prompts, flags);
 
+    if (flags & ENC_TRAIN) flags |= ENC_TRACE; /* the backward pass reads every activation */
     memset(ws, 0, sizeof *ws);
     if (need == SIZE_MAX || arena_size < need) return ENC_E_ARENA;
 
@@ -451,12 +457,10 @@ TARGET_AVX2 static inline __m256 exp256(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-/* GELU(x) = x/2 (1 + erf(x / sqrt 2)), erf by Abramowitz and Stegun 7.1.26:
- * 1 - (a1 k + ... + a5 k^5) e^(-t^2), k = 1 / (1 + p t), absolute error <= 1.5e-7.
- * Measured on [-10, 10] against erf in double: GELU within 3.7e-7, no worse than
- * the float erff form of the naive path (4.5e-7). */
-TARGET_AVX2 static inline __m256 gelu256(__m256 x) {
-    __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678f));
+/* erf(t) by Abramowitz and Stegun 7.1.26: 1 - (a1 k + ... + a5 k^5) e^(-t^2),
+ * k = 1 / (1 + p |t|), absolute error <= 1.5e-7; *gauss receives e^(-t^2), which
+ * GELU's slope needs too. */
+TARGET_AVX2 static inline __m256 erf256(__m256 t, __m256 *gauss) {
     __m256 sign = _mm256_and_ps(t, _mm256_set1_ps(-0.0f));
     __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), t);
     __m256 k = _mm256_div_ps(_mm256_set1_ps(1.0f),
@@ -469,10 +473,33 @@ TARGET_AVX2 static inline __m256 gelu256(__m256 x) {
     q = _mm256_fmadd_ps(q, k, _mm256_set1_ps(0.254829592f));
     q = _mm256_mul_ps(q, k);
 
-    __m256 e = exp256(_mm256_mul_ps(_mm256_xor_ps(a, _mm256_set1_ps(-0.0f)), a));
-    __m256 erf = _mm256_or_ps(_mm256_fnmadd_ps(q, e, _mm256_set1_ps(1.0f)), sign);
+    *gauss = exp256(_mm256_mul_ps(_mm256_xor_ps(a, _mm256_set1_ps(-0.0f)), a));
+    return _mm256_or_ps(_mm256_fnmadd_ps(q, *gauss, _mm256_set1_ps(1.0f)), sign);
+}
+
+/* GELU(x) = x/2 (1 + erf(x / sqrt 2)), erf by erf256. Measured on [-10, 10]
+ * against erf in double: GELU within 3.7e-7, no worse than the float erff form of
+ * the naive path (4.5e-7). */
+TARGET_AVX2 static inline __m256 gelu256(__m256 x) {
+    __m256 gauss, erf = erf256(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678f)), &gauss);
     __m256 half_x = _mm256_mul_ps(x, _mm256_set1_ps(0.5f));
     return _mm256_fmadd_ps(half_x, erf, half_x);
+}
+
+/* GELU's slope: Phi(x) + x phi(x) = (1 + erf(x / sqrt 2)) / 2 + x e^(-x^2/2) / sqrt(2 pi). */
+TARGET_AVX2 static inline __m256 gelu_slope256(__m256 x) {
+    __m256 gauss, erf = erf256(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678f)), &gauss);
+    __m256 cdf = _mm256_fmadd_ps(erf, _mm256_set1_ps(0.5f), _mm256_set1_ps(0.5f));
+    return _mm256_fmadd_ps(_mm256_mul_ps(x, gauss), _mm256_set1_ps(0.39894228f), cdf);
+}
+
+TARGET_AVX2 static void gelu_slope_avx2(float *slope, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(slope + i, gelu_slope256(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        __m256i m = lanes(n - i);
+        _mm256_maskstore_ps(slope + i, m, gelu_slope256(_mm256_maskload_ps(x + i, m)));
+    }
 }
 
 TARGET_AVX2 static void gelu_avx2(float *x, size_t n) {
@@ -639,13 +666,13 @@ static void matmul_forward_blas(float *out, const float *inp, const float *w, co
  * weighted sum of the v_j; heads h take channels [h D, (h+1) D). */
 static void attention_forward_naive(float *atty, float *scores, const float *qkv,
                                     const size_t *chunk_off, size_t S, size_t C, size_t H,
-                                    size_t t_base) {
+                                    size_t t_base, bool keep) {
     size_t D = C / H, C3 = 3 * C;
     float scale = 1.0f / sqrtf((float)D);
 
     for (size_t s = 0; s < S; s++) {
         size_t t0 = chunk_off[s] - t_base, N = chunk_off[s + 1] - chunk_off[s];
-        for (size_t h = 0; h < H; h++) {
+        for (size_t h = 0; h < H; h++, scores += keep ? N * N : 0) {
             for (size_t i = 0; i < N; i++) {
                 const float *q = qkv + (t0 + i) * C3 + h * D;
                 float *row = scores + i * N, mx = -INFINITY, sum = 0.0f;
@@ -663,6 +690,7 @@ static void attention_forward_naive(float *atty, float *scores, const float *qkv
                 for (size_t j = 0; j < N; j++) {
                     const float *v = qkv + (t0 + j) * C3 + 2 * C + h * D;
                     float p = row[j] / sum;
+                    if (keep) row[j] = p;
                     for (size_t d = 0; d < D; d++) o[d] += p * v[d];
                 }
             }
@@ -686,10 +714,12 @@ static void softmax_rows(float *a, size_t rows, size_t n) {
 }
 
 /* Two sgemm per chunk and head, reading q, k, v in place through the leading
- * dimension 3C: scores (N, N) = q k^T / sqrt(D), then atty = softmax(scores) v. */
+ * dimension 3C: scores (N, N) = q k^T / sqrt(D), then atty = softmax(scores) v.
+ * With keep, scores is not scratch but where every chunk's and head's probabilities
+ * stay, one N x N block after the other, for the backward pass. */
 static void attention_forward_blas(float *atty, float *scores, const float *qkv,
                                    const size_t *chunk_off, size_t S, size_t C, size_t H,
-                                   size_t t_base) {
+                                   size_t t_base, bool keep) {
     int D = (int)(C / H), C3 = (int)(3 * C);
     float scale = 1.0f / sqrtf((float)D);
 
@@ -697,7 +727,7 @@ static void attention_forward_blas(float *atty, float *scores, const float *qkv,
         size_t t0 = chunk_off[s] - t_base;
         int N = (int)(chunk_off[s + 1] - chunk_off[s]);
         const float *base = qkv + t0 * 3 * C;
-        for (size_t h = 0; h < H; h++) {
+        for (size_t h = 0; h < H; h++, scores += keep ? N * N : 0) {
             const float *q = base + h * (size_t)D, *k = q + C, *v = q + 2 * C;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, N, D, scale, q, C3, k, C3, 0.0f,
                         scores, N);
@@ -753,6 +783,26 @@ static void activation_forward(float *x, size_t n, int act, bool fast) {
     }
 }
 
+/* slope (n) = act'(x (n)), what the backward pass multiplies by: GELU's
+ * Phi(x) + x phi(x), or ReLU's step (0 at 0, as torch). */
+static void activation_slope(float *slope, const float *x, size_t n, int act, bool fast) {
+#if HAVE_X86_SIMD
+    if (fast && act == ENC_ACT_GELU && use_avx2()) {
+        gelu_slope_avx2(slope, x, n);
+        return;
+    }
+#endif
+    (void)fast;
+    for (size_t i = 0; i < n; i++) {
+        if (act == ENC_ACT_GELU) {
+            float cdf = 0.5f * (1.0f + erff(x[i] * 0.70710678118654752f));
+            slope[i] = cdf + x[i] * expf(-0.5f * x[i] * x[i]) * 0.39894228040143268f;
+        } else {
+            slope[i] = x[i] > 0.0f ? 1.0f : 0.0f;
+        }
+    }
+}
+
 /* --- forward --- */
 
 /* Checks the batch against the workspace and the vocabulary, then writes the
@@ -798,14 +848,14 @@ static int plan_batch(EncWork *ws, const int32_t *ids, const size_t *off, size_t
  * attn, fch, ff) hold only the group, from their first row. */
 static void layer_forward(EncLayerActs *a, const float *inp, const EncWork *ws,
                           const EncLayerWeights *lw, const EncConfig *cfg, bool naive, size_t s0,
-                          size_t s1) {
+                          size_t s1, size_t att_base) {
     size_t t0 = ws->chunk_off[s0], T = ws->chunk_off[s1] - t0;
     size_t r0 = ws->flags & ENC_TRACE ? t0 : 0; /* first scratch row of the group */
     size_t C = (size_t)cfg->d_model, F = (size_t)cfg->d_ff, H = (size_t)cfg->n_heads;
     void (*matmul)(float *, const float *, const float *, const float *, const float *, size_t,
                    size_t, size_t) = naive ? matmul_forward_naive : matmul_forward_blas;
     void (*attention)(float *, float *, const float *, const size_t *, size_t, size_t, size_t,
-                      size_t) = naive ? attention_forward_naive : attention_forward_blas;
+                      size_t, bool) = naive ? attention_forward_naive : attention_forward_blas;
     float *qkv = a->qkv + r0 * 3 * C, *atty = a->atty + r0 * C, *attn = a->attn + r0 * C;
     float *fch = a->fch + r0 * F, *ff = a->ff + r0 * C;
     float *ln1 = a->ln1 + t0 * C, *ln2 = a->ln2 + t0 * C;
@@ -813,12 +863,14 @@ static void layer_forward(EncLayerActs *a, const float *inp, const EncWork *ws,
 
     /* Self-attention block: ln1 = norm1(x + out_proj(attention(x))). */
     matmul(qkv, inp, lw->qkv_w, lw->qkv_wt, lw->qkv_b, T, C, 3 * C);
-    attention(a->atty, ws->scores, a->qkv, ws->chunk_off + s0, s1 - s0, C, H, t0 - r0);
+    float *scores = a->att ? a->att + att_base : ws->scores;
+    attention(a->atty, scores, a->qkv, ws->chunk_off + s0, s1 - s0, C, H, t0 - r0, a->att != NULL);
     matmul(attn, atty, lw->att_w, lw->att_wt, lw->att_b, T, C, C);
     residual_layernorm_forward(ln1, inp, attn, lw->ln1_w, lw->ln1_b, T, C, cfg->ln_eps, !naive);
 
     /* Feed-forward block: ln2 = norm2(ln1 + linear2(act(linear1(ln1)))). */
     matmul(fch, ln1, lw->fc1_w, lw->fc1_wt, lw->fc1_b, T, C, F);
+    if (a->slope) activation_slope(a->slope + r0 * F, fch, T * F, cfg->activation, !naive);
     activation_forward(fch, T * F, cfg->activation, !naive);
     matmul(ff, fch, lw->fc2_w, lw->fc2_wt, lw->fc2_b, T, F, C);
     residual_layernorm_forward(ln2, ln1, ff, lw->ln2_w, lw->ln2_b, T, C, cfg->ln_eps, !naive);
@@ -849,13 +901,18 @@ int enc_encode(float *out, EncWork *ws, const int32_t *ids, const size_t *off, s
 
     size_t T = ws->n_tokens;
     embedding_forward(ws->emb, ws->tok, ws->pos, w->wte, w->wpe, T, C);
-    /* Group after group, every layer (see GROUP_TOKENS). */
-    for (size_t s0 = 0, s1; s0 < ws->n_chunks; s0 = s1) {
+    /* Group after group, every layer (see GROUP_TOKENS). att counts the attention
+     * probabilities kept so far (ENC_TRAIN): N^2 per chunk and head. */
+    for (size_t s0 = 0, s1, att = 0; s0 < ws->n_chunks; s0 = s1) {
         s1 = group_end(ws, s0);
         const float *x = ws->emb;
         for (int l = 0; l < cfg->n_layers; l++) {
-            layer_forward(&ws->layer[l], x, ws, &w->layer[l], cfg, naive, s0, s1);
+            layer_forward(&ws->layer[l], x, ws, &w->layer[l], cfg, naive, s0, s1, att);
             x = ws->layer[l].ln2;
+        }
+        for (size_t s = s0; s < s1; s++) {
+            size_t N = ws->chunk_off[s + 1] - ws->chunk_off[s];
+            att += N * N * (size_t)cfg->n_heads;
         }
     }
     const float *x = ws->layer[cfg->n_layers - 1].ln2;

@@ -129,6 +129,7 @@ size_t enc_packed_len(size_t n, const EncConfig *cfg);
 
 #define ENC_TRACE 1u /* keep every layer's activations apart, for tests */
 #define ENC_NAIVE 2u /* enc_encode: plain loops instead of BLAS and SIMD */
+#define ENC_TRAIN 4u /* ENC_TRACE plus what the backward pass needs (encoder_backward.h) */
 
 /* Activations of one layer over the T packed tokens: the trace tests read. With
  * ENC_TRACE every buffer is apart and complete after enc_encode. Without it the
@@ -136,13 +137,16 @@ size_t enc_packed_len(size_t n, const EncConfig *cfg);
  * place), and the others are scratch holding one group of chunks (at most
  * max(L, 512) tokens, from their first row) that later steps overwrite. */
 typedef struct {
-    float *qkv;  /* (T, 3C) q, k, v projections */
-    float *atty; /* (T, C) attention heads, concatenated, before out_proj */
-    float *attn; /* (T, C) self_attn output (after out_proj) */
-    float *ln1;  /* (T, C) norm1(x + attn) */
-    float *fch;  /* (T, F) activation(linear1(ln1)) */
-    float *ff;   /* (T, C) linear2(fch) */
-    float *ln2;  /* (T, C) norm2(ln1 + ff): the layer's output, kept */
+    float *qkv;   /* (T, 3C) q, k, v projections */
+    float *atty;  /* (T, C) attention heads, concatenated, before out_proj */
+    float *attn;  /* (T, C) self_attn output (after out_proj) */
+    float *ln1;   /* (T, C) norm1(x + attn) */
+    float *fch;   /* (T, F) activation(linear1(ln1)) */
+    float *slope; /* (T, F) act'(linear1(ln1)), for the backward pass: ENC_TRAIN, else NULL */
+    float *att;   /* softmax probabilities of every chunk and head, chunk after chunk, head
+                   * after head, N x N each (at most T L H floats): ENC_TRAIN, else NULL */
+    float *ff;    /* (T, C) linear2(fch) */
+    float *ln2;   /* (T, C) norm2(ln1 + ff): the layer's output, kept */
 } EncLayerActs;
 
 typedef struct {
@@ -165,9 +169,10 @@ typedef struct {
 } EncWork;
 
 /* Bytes of arena for a workspace of T packed tokens, S chunks and B prompts,
- * flags ENC_TRACE or 0; SIZE_MAX when that overflows. Without ENC_TRACE, about
- * 1 KB per token plus a fixed 2.5 MB at the default size (20 MB for 256 prompts
- * of 64 tokens); with it, 27 KB per token. */
+ * flags ENC_TRACE, ENC_TRAIN or 0; SIZE_MAX when that overflows. Without
+ * ENC_TRACE, about 1 KB per token plus a fixed 2.5 MB at the default size (20 MB
+ * for 256 prompts of 64 tokens); with it, 27 KB per token; ENC_TRAIN adds F + L H
+ * floats per token and layer (35 KB per token at the default size). */
 size_t enc_work_size(const EncConfig *cfg, size_t max_tokens, size_t max_chunks, size_t max_prompts,
                      unsigned flags);
 

@@ -13,6 +13,7 @@
 -- params.delay_ms (default 200) on average.
 --
 --   promptctl simulate --scenario alarm [--param incidents=0.3] [--param delay_ms=200]
+--                                       [--param framed=0.8]
 
 local alarms = require "alarms"
 local params = ...
@@ -62,6 +63,48 @@ end
 
 local open_incidents = {}
 
+-- How people and consoles say what kind of answer they need: a recurring fault asks why,
+-- a known fault asks how, a hazard asks for people. params.framed (default 0.8) of the
+-- alarms carry such a framing; the rest are the bare alarm, and only the kind of alarm
+-- tells what it needs.
+local framed = tonumber(params.framed or "0.8")
+local framings = {
+    diagnose = {
+        "{text} - {n} times in the last {h} hours",
+        "recurring: {text} (again, {n}x since the last reset)",
+        "{text}; keeps coming back after every reset, why?",
+        "{text} 反复出现，{h}小时内{n}次",
+    },
+    procedure = {
+        "{text} - what is the procedure to clear it?",
+        "how do I reset this: {text}",
+        "{text}; need the steps for the night crew",
+        "{text}，请给出处理步骤",
+    },
+    escalate = {
+        "P1 incident: {text}, customers affected",
+        "CRITICAL {text} - notify the duty manager",
+        "{text}; safety team must be informed now",
+        "紧急：{text}，请立即上报",
+    },
+    triage = {
+        "new alarm: {text}",
+        "{text} - how urgent is this?",
+        "{text}; first time we see this",
+        "{text}，请判断严重程度",
+    },
+}
+
+local function frame(need, text)
+    if math.random() >= framed then return text end
+    local f = framings[need][math.random(#framings[need])]
+    return (f:gsub("{(%a+)}", function(k)
+        if k == "text" then return text end
+        if k == "n" then return tostring(math.random(3, 9)) end
+        return tostring(math.random(2, 24))
+    end))
+end
+
 local function normal()
     return math.sqrt(-2 * math.log(1 - math.random())) * math.cos(2 * math.pi * math.random())
 end
@@ -76,6 +119,7 @@ return {
     situation = function(i)
         local kind = alarms.kinds[math.random(#alarms.kinds)]
         local text, attrs = alarms.say(kind)
+        text = frame(need_of[alarms.name(kind)], text)
         local session
         if math.random() < incidents then
             -- An incident gathers a few alarms; a new one opens now and then.
