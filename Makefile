@@ -51,13 +51,13 @@ SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fr
 KERNELS    := normalize rng tokenize encoder encoder_backward triplet safetensors policy ppo adam
 DAEMON     := cache checkpoint config hashmap journal kafka learner log luacore luapat message model \
               mockbroker offsets pack packwatch pd pipeline redis sandbox scenario selector session train \
-              stats metrics notify observe promtext
+              stats metrics notify observe promtext tuner
 CTL        := promptctl ctl_simulate ctl_train simview ctl_common ctl_send ctl_replay ctl_status
 KERNEL_SRC := $(KERNELS:%=kernels/%.c)
 DAEMON_SRC := $(DAEMON:%=daemon/%.c)
 LIB_SRC    := $(KERNEL_SRC) $(DAEMON_SRC)
 UNIT_TESTS := config normalize message offsets log rng luapat lua journal checkpoint session \
-              tokenize encoder safetensors cache policy notify metrics promtext train
+              tokenize encoder safetensors cache policy notify metrics promtext train tuner
 INTEG_TESTS := cli stream learning service ops
 TEST_HELPERS := tests/harness.c
 

@@ -15,6 +15,7 @@
 #include "../kernels/encoder.h"
 #include "../kernels/safetensors.h"
 #include "../kernels/tokenize.h"
+#include "../tests/harness.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -31,17 +32,6 @@
 static int rounds = 5;
 static double round_seconds = 0.4;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Calls per second of fn(arg): the best round, and the median in *median. The
  * machines are shared, so other loads only ever slow a round down: the best round
  * is the figure of the code, the median that of the afternoon. */
@@ -50,15 +40,15 @@ static double rate2(void (*fn)(void *), void *arg, double *median) {
     fn(arg); /* warm caches and OpenBLAS's buffers */
     for (int k = 0; k < rounds; k++) {
         long n = 0;
-        double t0 = now(), dt;
+        double t0 = harness_seconds(), dt;
         do {
             fn(arg);
             n++;
-            dt = now() - t0;
+            dt = harness_seconds() - t0;
         } while (dt < round_seconds);
         r[k] = (double)n / dt;
     }
-    qsort(r, (size_t)rounds, sizeof r[0], cmp_double);
+    qsort(r, (size_t)rounds, sizeof r[0], harness_cmp_double);
     if (median) *median = r[rounds / 2];
     return r[rounds - 1];
 }

@@ -22,6 +22,7 @@
 #include "../kernels/policy.h"
 #include "../kernels/ppo.h"
 #include "../kernels/rng.h"
+#include "../tests/harness.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -37,17 +38,6 @@ enum { D = 80, E = 64, H = 64, Q = 32, K = 8, N = 256, NT = 8 };
 static int rounds = 5;
 static double round_seconds = 0.4;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Median over the rounds of the seconds one call of fn(arg) takes. */
 static double per_call(void (*fn)(void *), void *arg) {
     double t[16];
@@ -55,14 +45,14 @@ static double per_call(void (*fn)(void *), void *arg) {
     fn(arg); /* warm caches and OpenBLAS's buffers */
     for (int k = 0; k < rounds; k++) {
         long n = 0;
-        double t0 = now(), dt;
+        double t0 = harness_seconds(), dt;
         do {
             fn(arg);
             n++;
-        } while ((dt = now() - t0) < round_seconds);
+        } while ((dt = harness_seconds() - t0) < round_seconds);
         t[k] = dt / (double)n;
     }
-    qsort(t, (size_t)rounds, sizeof t[0], cmp_double);
+    qsort(t, (size_t)rounds, sizeof t[0], harness_cmp_double);
     return t[rounds / 2];
 }
 

@@ -23,11 +23,15 @@
 #include <unistd.h>
 
 #include "../daemon/mockbroker.h"
+#include "../daemon/pd.h"
 
 #define PARTITIONS      16
 #define PROMPTS         100000
 #define LATENCY_RATE    5000 /* prompts per second in the latency phase */
 #define LATENCY_SECONDS 6
+#define STORM_PROMPTS   20000
+#define STORM_RATE      1000 /* prompts per second in the storm's latency phase */
+#define STORM_SECONDS   5
 
 static double now_s(void) {
     struct timespec ts;
@@ -53,6 +57,25 @@ static const char *alarm_text(int i, char *buf, size_t len) {
     return buf;
 }
 
+typedef const char *TextFn(int i, char *buf, size_t len);
+
+/* An alarm storm: 95% of the prompts repeat one of the six alarm texts once numbers are
+ * masked; the others are new (i spelt in letters, which the normaliser keeps). */
+static const char *storm_text(int i, char *buf, size_t len) {
+    uint32_t h = (uint32_t)i * 2654435761u;
+    if (h % 100 >= 5) return alarm_text((int)(h >> 8), buf, len);
+
+    char word[16];
+    int k = 0;
+    for (unsigned v = (unsigned)i; k < (int)sizeof word - 1; v /= 26) {
+        word[k++] = (char)('a' + v % 26);
+        if (v < 26) break;
+    }
+    word[k] = 0;
+    snprintf(buf, len, "sensor %s reports a fault on feeder %s", word, word);
+    return buf;
+}
+
 /* --- clients --- */
 
 static rd_kafka_t *client(rd_kafka_type_t type, const char *brokers) {
@@ -71,15 +94,20 @@ static rd_kafka_t *client(rd_kafka_type_t type, const char *brokers) {
     return rk;
 }
 
-/* Reads topic from the beginning on every partition without a group. */
-static rd_kafka_t *reader(const char *brokers, const char *topic) {
+/* Reads topic from offset (RD_KAFKA_OFFSET_BEGINNING or _END) on every partition, without
+ * a group. */
+static rd_kafka_t *reader_from(const char *brokers, const char *topic, int64_t offset) {
     rd_kafka_t *rk = client(RD_KAFKA_CONSUMER, brokers);
     rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(PARTITIONS);
     for (int p = 0; p < PARTITIONS; p++)
-        rd_kafka_topic_partition_list_add(parts, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+        rd_kafka_topic_partition_list_add(parts, topic, p)->offset = offset;
     rd_kafka_assign(rk, parts);
     rd_kafka_topic_partition_list_destroy(parts);
     return rk;
+}
+
+static rd_kafka_t *reader(const char *brokers, const char *topic) {
+    return reader_from(brokers, topic, RD_KAFKA_OFFSET_BEGINNING);
 }
 
 static void produce(rd_kafka_t *rk, const char *topic, const char *id, const char *text) {
@@ -91,12 +119,13 @@ static void produce(rd_kafka_t *rk, const char *topic, const char *id, const cha
         rd_kafka_poll(rk, 10);
 }
 
-static void preload(const char *brokers, const char *topic, const char *prefix, int n) {
+static void preload(const char *brokers, const char *topic, const char *prefix, int n,
+                    TextFn *text_of) {
     char id[32], text[256];
     rd_kafka_t *rk = client(RD_KAFKA_PRODUCER, brokers);
     for (int i = 0; i < n; i++) {
         snprintf(id, sizeof id, "%s%d", prefix, i);
-        produce(rk, topic, id, alarm_text(i, text, sizeof text));
+        produce(rk, topic, id, text_of(i, text, sizeof text));
     }
     if (rd_kafka_flush(rk, 60000)) die("preload did not finish");
     rd_kafka_destroy(rk);
@@ -170,7 +199,9 @@ static double kcat_ceiling(const char *brokers) {
     return secs > 0 ? PROMPTS / secs : 0;
 }
 
-static pid_t start_promptd(const char *promptd, const char *brokers) {
+/* Starts promptd on brokers; settings: more "key=value ..." (or NULL), after those of
+ * BENCH_STREAM_SET. */
+static pid_t start_promptd(const char *promptd, const char *brokers, const char *settings) {
     char set[600];
     snprintf(set, sizeof set, "kafka.brokers=%s", brokers);
     char *argv[] = {(char *)promptd,
@@ -184,14 +215,34 @@ static pid_t start_promptd(const char *promptd, const char *brokers) {
                     "metrics.listen=127.0.0.1:0",
                     "--set",
                     "learner.checkpoint_dir=/tmp/promptd-bench-state",
+                    NULL,
+                    NULL,
+                    NULL,
+                    NULL,
+                    NULL,
+                    NULL,
+                    NULL,
+                    NULL,
                     NULL};
+
+    /* BENCH_STREAM_SET="key=value ..." (up to four in all) shows what settings cost. */
+    static char extra[1024];
+    const char *env = getenv("BENCH_STREAM_SET");
+    snprintf(extra, sizeof extra, "%s %s", env ? env : "", settings ? settings : "");
+    size_t argc = 11;
+    char *save = NULL;
+    for (char *kv = strtok_r(extra, " ", &save); kv && argc + 2 < PD_ARRAY_LEN(argv);
+         kv = strtok_r(NULL, " ", &save)) {
+        argv[argc++] = "--set";
+        argv[argc++] = kv;
+    }
     return spawn(argv, -1, -1);
 }
 
 static double promptd_throughput(const char *promptd, const char *brokers, pid_t *pid) {
     rd_kafka_t *rd = reader(brokers, "promptd.decisions");
     drain(rd, 500);
-    *pid = start_promptd(promptd, brokers);
+    *pid = start_promptd(promptd, brokers, NULL);
     double secs = time_outputs(rd, PROMPTS, 180);
     close_reader(rd);
     return secs > 0 ? PROMPTS / secs : 0;
@@ -204,37 +255,42 @@ static int compare(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Sends prompts at LATENCY_RATE and measures each one's time to its decision. A warm-up
- * round first lets the producer learn the partition leaders. */
-static void latency(const char *brokers, double *p50, double *p99) {
-    int n = LATENCY_RATE * LATENCY_SECONDS, seen = 0;
+/* Sends prompts at rate per second for seconds and measures each one's time to its
+ * decision (ids prefix + number). A warm-up round first lets the producer learn the
+ * partition leaders. */
+static void latency(const char *brokers, int rate, int seconds, TextFn *text_of, const char *prefix,
+                    double *p50, double *p99) {
+    int n = rate * seconds, seen = 0;
+    size_t plen = strlen(prefix);
+    char needle[40];
+    snprintf(needle, sizeof needle, "\"id\":\"%s", prefix);
     double *sent = calloc((size_t)n, sizeof *sent), *lat = calloc((size_t)n, sizeof *lat);
     rd_kafka_t *prod = client(RD_KAFKA_PRODUCER, brokers);
-    rd_kafka_t *rd = reader(brokers, "promptd.decisions");
+    rd_kafka_t *rd = reader_from(brokers, "promptd.decisions", RD_KAFKA_OFFSET_END);
     char id[32], text[256];
 
     for (int i = 0; i < 100; i++) {
-        snprintf(id, sizeof id, "W%d", i);
-        produce(prod, "promptd.prompts", id, alarm_text(i, text, sizeof text));
+        snprintf(id, sizeof id, "W%s%d", prefix, i);
+        produce(prod, "promptd.prompts", id, text_of(i, text, sizeof text));
     }
     rd_kafka_flush(prod, 10000);
     drain(rd, 1000);
 
-    double start = now_s(), deadline = start + LATENCY_SECONDS + 30;
+    double start = now_s(), deadline = start + seconds + 30;
     int next = 0;
     while (seen < n && now_s() < deadline) {
-        while (next < n && now_s() >= start + (double)next / LATENCY_RATE) {
-            snprintf(id, sizeof id, "L%d", next);
+        while (next < n && now_s() >= start + (double)next / rate) {
+            snprintf(id, sizeof id, "%s%d", prefix, next);
             sent[next] = now_s();
-            produce(prod, "promptd.prompts", id, alarm_text(next, text, sizeof text));
+            produce(prod, "promptd.prompts", id, text_of(next, text, sizeof text));
             next++;
         }
         rd_kafka_poll(prod, 0);
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rd, 1);
         if (!m) continue;
-        const char *p = m->err ? NULL : memmem(m->payload, m->len, "\"id\":\"L", 7);
+        const char *p = m->err ? NULL : memmem(m->payload, m->len, needle, 6 + plen);
         if (p) {
-            int i = atoi(p + 7);
+            int i = atoi(p + 6 + plen);
             if (i >= 0 && i < n && sent[i] > 0) lat[seen++] = now_s() - sent[i];
         }
         rd_kafka_message_destroy(m);
@@ -249,6 +305,35 @@ static void latency(const char *brokers, double *p50, double *p99) {
     free(lat);
 }
 
+/* The embedding cache's worth on an alarm storm: throughput and latency with the cache
+ * (L1, no Redis) against without it (cache.l1_bytes 0: every prompt encoded). */
+static void storm(const char *promptd, const char *brokers) {
+    printf("alarm storm (95%% repeats after normalisation): %d prompts queued, then %d/s for "
+           "%d s\n",
+           STORM_PROMPTS, STORM_RATE, STORM_SECONDS);
+    double rates[2] = {0};
+    for (int cached = 1; cached >= 0; cached--) {
+        const char *prefix = cached ? "c" : "u", *latency_prefix = cached ? "CL" : "UL";
+        rd_kafka_t *rd = reader_from(brokers, "promptd.decisions", RD_KAFKA_OFFSET_END);
+        drain(rd, 1000); /* long enough for the reader to find the ends */
+        preload(brokers, "promptd.prompts", prefix, STORM_PROMPTS, storm_text);
+        pid_t pd = start_promptd(promptd, brokers, cached ? NULL : "cache.l1_bytes=0");
+        double secs = time_outputs(rd, STORM_PROMPTS, 180);
+        close_reader(rd);
+
+        double p50, p99;
+        latency(brokers, STORM_RATE, STORM_SECONDS, storm_text, latency_prefix, &p50, &p99);
+        kill(pd, SIGTERM);
+        waitpid(pd, NULL, 0);
+
+        rates[cached] = secs > 0 ? STORM_PROMPTS / secs : 0;
+        printf("  %-24s %9.0f prompts/s   p50 %.2f ms   p99 %.2f ms\n",
+               cached ? "with the cache" : "without (l1_bytes 0)", rates[cached], p50, p99);
+    }
+    printf("  throughput with the cache / without: %.1fx\n",
+           rates[0] > 0 ? rates[1] / rates[0] : 0);
+}
+
 int main(int argc, char **argv) {
     const char *promptd = argc > 1 ? argv[1] : "build/promptd";
     const char *topics[] = {"promptd.prompts", "promptd.decisions", "promptd.dead-letters",
@@ -261,7 +346,7 @@ int main(int argc, char **argv) {
     printf("stream benchmark: librdkafka %s mock cluster, 3 brokers, %d partitions, %d "
            "prompts\n",
            rd_kafka_version_str(), PARTITIONS, PROMPTS);
-    preload(brokers, "promptd.prompts", "p", PROMPTS);
+    preload(brokers, "promptd.prompts", "p", PROMPTS, alarm_text);
 
     double ceiling = kcat_ceiling(brokers);
     printf("  transport ceiling (kcat -C | kcat -P)   %9.0f msg/s\n", ceiling);
@@ -272,12 +357,14 @@ int main(int argc, char **argv) {
            rate, ceiling > 0 ? rate / ceiling : 0);
 
     double p50, p99;
-    latency(brokers, &p50, &p99);
+    latency(brokers, LATENCY_RATE, LATENCY_SECONDS, alarm_text, "L", &p50, &p99);
     printf("  latency at %d prompts/s               p50 %.2f ms   p99 %.2f ms\n", LATENCY_RATE, p50,
            p99);
 
     kill(pd, SIGTERM);
     waitpid(pd, NULL, 0);
+
+    storm(promptd, brokers);
     mockbroker_stop(mb);
     return 0;
 }

@@ -21,23 +21,13 @@
  */
 #include "../daemon/train.h"
 #include "../kernels/tokenize.h"
+#include "../tests/harness.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 typedef struct {
     const char *train, *test, *model;
@@ -80,13 +70,13 @@ static void c_rate(Trainer *t, int steps, int rounds, double *best, double *medi
     char err[256];
 
     for (int k = 0; k <= rounds; k++) {
-        double t0 = now();
+        double t0 = harness_seconds();
         for (int s = 0; s < steps; s++) {
             if (train_step(t, &loss, err, sizeof err)) die("step", err);
         }
-        if (k) r[k - 1] = steps * train_batch_size(t) / (now() - t0);
+        if (k) r[k - 1] = steps * train_batch_size(t) / (harness_seconds() - t0);
     }
-    qsort(r, (size_t)rounds, sizeof r[0], cmp_double);
+    qsort(r, (size_t)rounds, sizeof r[0], harness_cmp_double);
     *best = r[rounds - 1], *median = r[rounds / 2];
 }
 
@@ -164,12 +154,12 @@ static void write_fasttext(const char *path, const TrainData *d, const TrainLabe
 /* Trains and tests one fastText setting; returns its accuracy, *secs its training time. */
 static double fasttext_run(const Args *a, const char *opts, double *secs) {
     char cmd[1024];
-    double acc = -1.0, t0 = now();
+    double acc = -1.0, t0 = harness_seconds();
     snprintf(cmd, sizeof cmd,
              "fasttext supervised -input %s/ft-train.txt -output %s/ft -thread 1 -verbose 0 %s",
              a->dir, a->dir, opts);
     if (system(cmd) != 0) return -1.0;
-    *secs = now() - t0;
+    *secs = harness_seconds() - t0;
 
     snprintf(cmd, sizeof cmd, "fasttext test %s/ft.bin %s/ft-test.txt", a->dir, a->dir);
     FILE *p = popen(cmd, "r");
@@ -211,14 +201,14 @@ static void retrain(const Args *a, const TrainData *train, size_t n_labels, char
     TrainLabels *none = train_labels_new();
     Trainer *t;
     char err[512], id[17];
-    double t0 = now();
+    double t0 = harness_seconds();
 
     snprintf(out, 128, "%s/retrained.safetensors", a->dir);
     if (train_new(&t, &c, train, NULL, n_labels, err, sizeof err) ||
         train_run(t, NULL, NULL, err, sizeof err) || train_save(t, out, none, id, err, sizeof err))
         die("retrain", err);
-    printf("  promptd   trained in %.1f s (%d epochs of %zu texts, one thread)\n", now() - t0,
-           c.epochs, train_data_count(train));
+    printf("  promptd   trained in %.1f s (%d epochs of %zu texts, one thread)\n",
+           harness_seconds() - t0, c.epochs, train_data_count(train));
     train_free(t);
     train_labels_free(none);
 }

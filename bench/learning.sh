@@ -1,8 +1,8 @@
 #!/bin/sh
 # Learning quality through the whole daemon: for 8, 16 and 32 templates, promptd on its
 # embedded broker learns the bandit scenario (lua/scenarios/bandit.lua: as many kinds of
-# alarm as templates, from the realistic alarm generator, each with one best template,
-# noisy rewards) from 10,000 reward events sent by `promptctl simulate`. Prints the mean
+# situation as templates, response patterns split by groups of equipment, said by the
+# alarm generator, each with one best template, noisy rewards) from 10,000 reward events sent by `promptctl simulate`. Prints the mean
 # quality of the last 1,000 choices as a fraction of the oracle's (target 0.90), against
 # uniform random choice; writes the regret curves (CSV: decisions, policy version,
 # quality, oracle, uniform, cumulative regret) and the learning curves (SVG) to

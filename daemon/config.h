@@ -96,6 +96,10 @@ typedef struct Config {
     char *learner_checkpoint_dir; /* "" = $STATE_DIRECTORY, else ./promptd-state */
     int64_t learner_checkpoint_every_ms;
     int64_t learner_checkpoint_keep;
+    int64_t learner_triplets; /* fine-tune the encoder's head online */
+    int64_t learner_triplets_every;
+    int64_t learner_triplets_steps;
+    double learner_triplets_lr;
 
     /* messages */
     int64_t prompt_max_bytes;

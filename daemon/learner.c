@@ -16,6 +16,7 @@
 #include "pd.h"
 
 #define RECORD_MAGIC 0x31524450u /* "PDR1" */
+#define TEXT_MAGIC   0x31544450u /* "PDT1" */
 
 typedef struct {
     uint32_t magic;
@@ -24,7 +25,12 @@ typedef struct {
     uint64_t policy_version;
     uint64_t episode;
     float logp, value;
-} RecordHeader; /* followed by uint64_t templates[k], then float x[D] */
+} RecordHeader; /* followed by uint64_t templates[k], then float x[D], then a TextTail */
+
+/* The optional tail of a record (learner.triplets): the prompt's normalised text. */
+typedef struct {
+    uint32_t magic, len;
+} TextTail; /* followed by len bytes of text */
 
 /* The arrays of one PPO batch, grown as needed and reused by the learner thread. */
 typedef struct Batch Batch;
@@ -65,10 +71,14 @@ struct Learner {
     pthread_mutex_t tlock;
     HashMap templates; /* hash -> float[E] */
 
-    /* The published policy. */
+    /* The published policy, and the last fine-tuned encoder model. */
     pthread_mutex_t plock;
     float *published;
     uint64_t published_version;
+    Tuner *tuner; /* learner thread only; NULL without learner.triplets */
+    char tuned_path[PATH_MAX];
+    LearnerTuned tuned;
+    bool tuned_fresh;
 
     pthread_mutex_t slock; /* guards stats and the two sampling settings */
     float sampling_temperature, sampling_min_prob;
@@ -97,13 +107,44 @@ void learner_layout(char *buf, size_t len, const PolicyDims *d) {
     snprintf(buf, len, "policy/1 D=%d E=%d H=%d Q=%d", d->D, d->E, d->H, d->Q);
 }
 
+size_t learner_record_add_text(void *buf, size_t cap, size_t rec_len, const char *text,
+                               size_t len) {
+    len = tuner_text_cut(text, len);
+    TextTail tail = {TEXT_MAGIC, (uint32_t)len};
+    if (rec_len + sizeof tail + len > cap) return rec_len;
+    memcpy((char *)buf + rec_len, &tail, sizeof tail);
+    memcpy((char *)buf + rec_len + sizeof tail, text, len);
+    return rec_len + sizeof tail + len;
+}
+
+/* The bytes of the record proper: its size, or 0 when it is not of this policy's shape.
+ * A record may carry a text tail after it, which must fill the rest exactly. */
+static size_t record_base(const void *rec, size_t rec_len, const PolicyDims *d) {
+    const RecordHeader *h = rec;
+    if (rec_len < sizeof *h || h->magic != RECORD_MAGIC || h->D != (uint32_t)d->D || h->k == 0 ||
+        h->action >= h->k)
+        return 0;
+    size_t base = learner_record_size(d, h->k);
+    if (rec_len == base) return base;
+
+    TextTail tail;
+    if (rec_len < base + sizeof tail) return 0;
+    memcpy(&tail, (const char *)rec + base, sizeof tail); /* may be unaligned */
+    bool ok = tail.magic == TEXT_MAGIC && tail.len <= TUNER_TEXT_MAX &&
+              rec_len == base + sizeof tail + tail.len;
+    return ok ? base : 0;
+}
+
+const char *learner_record_text(const void *rec, size_t rec_len, const PolicyDims *d, size_t *len) {
+    size_t base = record_base(rec, rec_len, d);
+    if (!base || rec_len == base) return NULL;
+    *len = rec_len - base - sizeof(TextTail);
+    return (const char *)rec + base + sizeof(TextTail);
+}
+
 /* The header of a record, or NULL when the record is not one of this policy's shape. */
 static const RecordHeader *record_header(const Experience *e, const PolicyDims *d) {
-    const RecordHeader *h = e->record;
-    if (e->record_len < sizeof *h || h->magic != RECORD_MAGIC || h->D != (uint32_t)d->D ||
-        h->k == 0 || h->action >= h->k || e->record_len != learner_record_size(d, h->k))
-        return NULL;
-    return h;
+    return record_base(e->record, e->record_len, d) ? e->record : NULL;
 }
 
 static const uint64_t *record_templates(const Experience *e) {
@@ -339,6 +380,61 @@ static void record_update(Learner *l, int n, const PpoStats *st) {
     pthread_mutex_unlock(&l->slock);
 }
 
+/* --- online triplets --- */
+
+/* Hands the tuner every experience whose record carries its prompt's text. Stale ones
+ * too: how well a template served a prompt does not depend on the policy version. */
+static void feed_tuner(Learner *l) {
+    if (!l->tuner) return;
+    for (size_t i = 0; i < l->npending; i++) {
+        const Experience *e = &l->pending[i];
+        size_t len;
+        const char *text = learner_record_text(e->record, e->record_len, &l->cfg.dims, &len);
+        if (!text) continue;
+        const RecordHeader *h = e->record;
+        tuner_add(l->tuner, text, len, record_templates(e)[h->action], (float)e->reward);
+    }
+}
+
+/* Fine-tunes the encoder's head and offers the new model to the serving thread. */
+static void tune(Learner *l) {
+    char err[PATH_MAX + 256];
+    TunerResult r;
+    int rc = tuner_run(l->tuner, &r, err, sizeof err);
+    if (rc == 0) {
+        pd_log(PD_LOG_DEBUG, PD_MOD_LEARNER, "triplets: no fine-tune: %s", err);
+        count(l, &l->stats.tune_skips, 1);
+        return;
+    }
+    if (rc < 0) {
+        pd_log(PD_LOG_ERR, PD_MOD_LEARNER, "triplets: fine-tune failed, the model stays: %s", err);
+        count(l, &l->stats.tune_errors, 1);
+        return;
+    }
+    pthread_mutex_lock(&l->plock);
+    snprintf(l->tuned.path, sizeof l->tuned.path, "%s", l->tuned_path);
+    memcpy(l->tuned.model_id, r.model_id, sizeof r.model_id);
+    l->tuned.triplets = r.triplets;
+    l->tuned.loss_before = r.loss_before, l->tuned.loss_after = r.loss_after;
+    l->tuned_fresh = true;
+    pthread_mutex_unlock(&l->plock);
+    count(l, &l->stats.head_tunes, 1);
+    pd_log(PD_LOG_DEBUG, PD_MOD_LEARNER,
+           "triplets: %d from %zu experiences, loss %.4f -> %.4f, wrote %s (id %s)", r.triplets,
+           r.experiences, r.loss_before, r.loss_after, l->tuned_path, r.model_id);
+}
+
+bool learner_poll_model(Learner *l, LearnerTuned *out) {
+    if (pthread_mutex_trylock(&l->plock)) return false;
+    bool fresh = l->tuned_fresh;
+    if (fresh) *out = l->tuned;
+    l->tuned_fresh = false;
+    pthread_mutex_unlock(&l->plock);
+    return fresh;
+}
+
+/* --- an update, continued --- */
+
 static void update(Learner *l) {
     int nt, kmax;
     PpoStats st;
@@ -363,8 +459,10 @@ static void update(Learner *l) {
                "published policy stays",
                rc, n);
     }
+    feed_tuner(l);
     for (size_t i = 0; i < l->npending; i++) experience_free(&l->pending[i]);
     l->npending = 0;
+    if (l->tuner && tuner_due(l->tuner)) tune(l);
 
     if (l->cfg.checkpoint_every_ms >= 0 &&
         (int64_t)pd_mono_ms() - l->last_checkpoint_ms >= l->cfg.checkpoint_every_ms)
@@ -418,6 +516,10 @@ int learner_start(Learner **out, const LearnerConfig *cfg, char *err, size_t err
     l->sampling_min_prob = l->cfg.ppo.min_prob;
 
     if (restore(l, err, errlen)) goto fail;
+    if (cfg->triplets && tuner_new(&l->tuner, &cfg->tuner, err, errlen)) goto fail;
+    if (cfg->triplets) snprintf(l->tuned_path, sizeof l->tuned_path, "%s", cfg->tuner.out_path);
+    /* The caller's strings need not outlive the start (the tuner copied them). */
+    l->cfg.tuner.model_path = l->cfg.tuner.out_path = l->cfg.tuner.base_model_id = NULL;
     l->last_checkpoint_ms = (int64_t)pd_mono_ms();
     publish(l);
     l->stats.version = l->version;
@@ -429,6 +531,7 @@ int learner_start(Learner **out, const LearnerConfig *cfg, char *err, size_t err
     return 0;
 
 fail:
+    tuner_free(l->tuner);
     free(l->params);
     free(l->m);
     free(l->v);
@@ -454,6 +557,7 @@ void learner_stop(Learner *l) {
     for (size_t i = 0; i < l->templates.cap; i++)
         if (l->templates.keys[i]) free(l->templates.values[i]);
     hashmap_free(&l->templates);
+    tuner_free(l->tuner);
     free(l->params);
     free(l->m);
     free(l->v);

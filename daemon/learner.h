@@ -23,6 +23,7 @@
 #include "../kernels/policy.h"
 #include "../kernels/ppo.h"
 #include "journal.h"
+#include "tuner.h"
 
 typedef struct {
     PolicyDims dims;
@@ -35,15 +36,18 @@ typedef struct {
     int64_t checkpoint_every_ms;
     int checkpoint_keep;
     uint64_t seed;
-    uint64_t model_id; /* the encoder whose vectors the states hold */
+    uint64_t model_id; /* the configured encoder: the states hold its vectors or those of
+                          a head fine-tuned from it online, which the policy follows */
     size_t queue_max;  /* experiences waiting for the learner */
+    bool triplets;     /* learner.triplets: fine-tune the encoder's head from the rewards */
+    TunerConfig tuner; /* its settings, when on (strings copied at start) */
 } LearnerConfig;
 
 typedef struct Learner Learner;
 
 /* Loads the newest valid checkpoint of cfg->checkpoint_dir (naming and skipping corrupt
- * ones in the log), or initialises a fresh policy, and starts the thread. Returns 0, or
- * -1 with err. */
+ * ones in the log), or initialises a fresh policy, loads the tuner's weights when
+ * cfg->triplets, and starts the thread. Returns 0, or -1 with err. */
 int learner_start(Learner **out, const LearnerConfig *cfg, char *err, size_t errlen);
 
 /* Writes a final checkpoint (when checkpoints are on), stops the thread, frees. */
@@ -68,13 +72,26 @@ int learner_submit(Learner *l, Experience *e);
  * nothing new or the learner is publishing right now. */
 bool learner_poll(Learner *l, float *params, uint64_t *version);
 
+/* A model whose head the learner fine-tuned (learner.triplets), written to path. */
+typedef struct {
+    char path[PATH_MAX];
+    char model_id[17];
+    int triplets;
+    float loss_before, loss_after;
+} LearnerTuned;
+
+/* Takes the model the learner fine-tuned last, if any came since the last call. Never
+ * blocks: false when there is none or the learner is publishing right now. */
+bool learner_poll_model(Learner *l, LearnerTuned *out);
+
 typedef struct {
     uint64_t version;     /* of the latest published policy */
     uint64_t updates;     /* PPO updates run */
     uint64_t experiences; /* experiences learned from */
     uint64_t dropped_stale, dropped_unknown, dropped_full, dropped_bad;
     uint64_t checkpoints, checkpoint_errors;
-    float kl, entropy, loss, mean_reward; /* of the last update */
+    uint64_t head_tunes, tune_skips, tune_errors; /* online triplets: written, too few, failed */
+    float kl, entropy, loss, mean_reward;         /* of the last update */
 } LearnerStats;
 
 LearnerStats learner_stats(Learner *l);
@@ -88,6 +105,16 @@ size_t learner_record_size(const PolicyDims *d, int k);
 void learner_record_write(void *buf, const PolicyDims *d, uint64_t policy_version, uint64_t episode,
                           uint32_t turn, const float *x, const uint64_t *templates, int k,
                           int action, float logp, float value);
+
+/* Appends the prompt's normalised text to a record of rec_len bytes in buf (cap bytes),
+ * cut to TUNER_TEXT_MAX bytes at a UTF-8 boundary, for online triplets. Plain bytes, so
+ * the record goes through Redis as it is; a record without it stays valid. Returns the
+ * new length, or rec_len when cap is too small. */
+size_t learner_record_add_text(void *buf, size_t cap, size_t rec_len, const char *text, size_t len);
+
+/* The text a record carries (*len bytes, not NUL-terminated), or NULL: none, or the
+ * record is not of this shape. */
+const char *learner_record_text(const void *rec, size_t rec_len, const PolicyDims *d, size_t *len);
 
 /* The layout string checkpoints carry, e.g. "policy/1 D=208 E=64 H=64 Q=32". */
 void learner_layout(char *buf, size_t len, const PolicyDims *d);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cache.h"
 #include "config.h"
@@ -32,6 +33,7 @@
 #include "selector.h"
 #include "session.h"
 #include "stats.h"
+#include "train.h"
 
 static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t reload_requested;
@@ -200,6 +202,8 @@ typedef struct {
     MockBroker *broker;
     Kafka *kafka;
     Model *model;
+    char base_model_id[17];    /* of encoder.model, which a fine-tuned head starts from */
+    char tuned_path[PATH_MAX]; /* where the learner writes it (learner.triplets) */
     Cache *cache;
     Pack *pack; /* the pack serving now */
     PackWatch *packwatch;
@@ -353,6 +357,48 @@ static int start_pack(Service *s) {
     return PD_EXIT_OK;
 }
 
+/* Where checkpoints go: configured, or systemd's StateDirectory, or ./promptd-state. */
+static void checkpoint_dir(const Config *c, char *dir, size_t len) {
+    const char *state = getenv("STATE_DIRECTORY");
+    if (c->learner_checkpoint_dir[0])
+        snprintf(dir, len, "%s", c->learner_checkpoint_dir);
+    else if (state && *state)
+        snprintf(dir, len, "%.*s", (int)strcspn(state, ":"), state);
+    else
+        snprintf(dir, len, "promptd-state");
+}
+
+/* With learner.triplets, a head the learner fine-tuned from the configured model serves
+ * instead of it, so what it learned survives a restart. A file made from another model,
+ * or one that does not load, is named in the log and left alone. */
+static void use_tuned_model(Service *s) {
+    char err[PATH_MAX + 512], base[64];
+    Model *tuned = NULL;
+    if (access(s->tuned_path, F_OK) != 0) return;
+
+    int found =
+        train_model_metadata(s->tuned_path, "base_model_id", base, sizeof base, err, sizeof err);
+    if (found < 0 || (found && model_load(&tuned, s->tuned_path,
+                                          (size_t)s->config.encoder_max_tokens, err, sizeof err))) {
+        pd_log(PD_LOG_WARNING, PD_MOD_ENCODER, "ignoring the fine-tuned model: %s; %s serves", err,
+               model_path(s->model));
+        return;
+    }
+    if (!found || strcmp(base, s->base_model_id)) {
+        pd_log(PD_LOG_NOTICE, PD_MOD_ENCODER,
+               "ignoring the fine-tuned model %s: it was made from model %s, not from the "
+               "configured %s",
+               s->tuned_path, found ? base : "(none recorded)", s->base_model_id);
+        model_free(tuned);
+        return;
+    }
+    pd_log(PD_LOG_NOTICE, PD_MOD_ENCODER,
+           "serving the fine-tuned model %s (id %s, its head tuned online from %s)", s->tuned_path,
+           model_id(tuned), s->base_model_id);
+    model_free(s->model);
+    s->model = tuned;
+}
+
 static int start_model(Service *s) {
     ConfigErrors errs = {0};
     model_set_threads((int)s->config.encoder_threads);
@@ -363,6 +409,14 @@ static int start_model(Service *s) {
     }
     pd_log(PD_LOG_NOTICE, PD_MOD_ENCODER, "model %s (id %s, %d dimensions)", model_path(s->model),
            model_id(s->model), model_dim(s->model));
+    snprintf(s->base_model_id, sizeof s->base_model_id, "%s", model_id(s->model));
+    if (s->config.learner_triplets) {
+        char dir[PATH_MAX];
+        checkpoint_dir(&s->config, dir, sizeof dir);
+        snprintf(s->tuned_path, sizeof s->tuned_path, "%.*s/tuned.safetensors",
+                 (int)(sizeof s->tuned_path - 32), dir);
+        use_tuned_model(s);
+    }
     return PD_EXIT_OK;
 }
 
@@ -385,17 +439,6 @@ static int start_cache(Service *s) {
     return PD_EXIT_OK;
 }
 
-/* Where checkpoints go: configured, or systemd's StateDirectory, or ./promptd-state. */
-static void checkpoint_dir(const Config *c, char *dir, size_t len) {
-    const char *state = getenv("STATE_DIRECTORY");
-    if (c->learner_checkpoint_dir[0])
-        snprintf(dir, len, "%s", c->learner_checkpoint_dir);
-    else if (state && *state)
-        snprintf(dir, len, "%.*s", (int)strcspn(state, ":"), state);
-    else
-        snprintf(dir, len, "promptd-state");
-}
-
 static int start_learning(Service *s) {
     char err[1024];
     const Config *c = &s->config;
@@ -409,7 +452,9 @@ static int start_learning(Service *s) {
                         .checkpoint_every_ms = c->learner_checkpoint_every_ms,
                         .checkpoint_keep = (int)c->learner_checkpoint_keep,
                         .seed = (uint64_t)c->policy_seed + 1,
-                        .model_id = model_id_u64(s->model),
+                        /* Not the tuned head's: the policy follows it across swaps
+                         * while serving, and so across restarts. */
+                        .model_id = strtoull(s->base_model_id, NULL, 16),
                         .queue_max = 64 * (size_t)c->learner_batch_size};
     lc.ppo.epochs = (int)c->learner_epochs;
     lc.ppo.minibatch = (int)c->learner_minibatch;
@@ -419,6 +464,16 @@ static int start_learning(Service *s) {
     lc.ppo.min_prob = (float)c->policy_min_prob;
     lc.adam.lr = c->learner_lr;
     checkpoint_dir(c, lc.checkpoint_dir, sizeof lc.checkpoint_dir);
+    /* Without learning there are no experiences to tune from. */
+    lc.triplets = c->learner_triplets && c->learner_enabled;
+    lc.tuner = (TunerConfig){(int)c->learner_triplets_every,
+                             (int)c->learner_triplets_steps,
+                             c->learner_triplets_lr,
+                             (uint64_t)c->policy_seed + 2,
+                             model_path(s->model),
+                             s->tuned_path,
+                             s->base_model_id,
+                             (size_t)c->encoder_max_tokens};
 
     PolicySampling sampling = sampling_of(c);
     s->selector = selector_new(model_dim(s->model), &sampling, (uint64_t)c->policy_seed);
@@ -483,6 +538,7 @@ static int start(Service *s) {
     if (code == PD_EXIT_OK) code = start_pack(s);
     if (code == PD_EXIT_OK) code = start_metrics(s);
     if (code) return code;
+    observe_set_model(model_id(s->model));
     if (start_broker(s, &brokers)) return PD_EXIT_TEMPFAIL;
 
     if (kafka_open(&s->kafka, &s->config, brokers, err, sizeof err)) {
@@ -531,6 +587,33 @@ static void swap_pack(Service *s) {
     packwatch_retire(s->packwatch, old);
 }
 
+/* Between batches: a model whose head the learner fine-tuned replaces the serving one.
+ * The pipeline re-encodes the pack's templates with it and tells the learner; prompts
+ * are cached under the new id. */
+static void swap_model(Service *s) {
+    char err[1024];
+    LearnerTuned tuned;
+    Model *fresh = NULL;
+    if (!s->learner || !learner_poll_model(s->learner, &tuned)) return;
+    if (model_load(&fresh, tuned.path, (size_t)s->config.encoder_max_tokens, err, sizeof err)) {
+        pd_log(PD_LOG_ERR, PD_MOD_ENCODER, "fine-tuned model not used: %s", err);
+        return;
+    }
+    Model *old = pipeline_use_model(s->pipeline, fresh, err, sizeof err);
+    if (old == fresh) {
+        pd_log(PD_LOG_ERR, PD_MOD_ENCODER, "fine-tuned model %s not used: %s", tuned.path, err);
+        model_free(fresh);
+        return;
+    }
+    observe_set_model(model_id(fresh));
+    pd_count(&pd_stats.head_tunes, 1);
+    pd_log(PD_LOG_NOTICE, PD_MOD_ENCODER,
+           "projection head fine-tuned on %d triplets (loss %.4f -> %.4f): model %s -> %s",
+           tuned.triplets, tuned.loss_before, tuned.loss_after, model_id(old), model_id(fresh));
+    model_free(old);
+    s->model = fresh;
+}
+
 /* The serving loop: poll a batch, run it, serve acknowledgements; until asked to stop. */
 static int serve(Service *s) {
     char err[1024];
@@ -555,6 +638,7 @@ static int serve(Service *s) {
             reload(s);
         }
         swap_pack(s);
+        swap_model(s);
         pipeline_tick(s->pipeline, pd_wall_ms());
         observe_heartbeat();
         notify_watchdog();

@@ -44,6 +44,7 @@ static struct {
     size_t n;
     double reward_mean; /* NaN before the first reward */
     uint64_t policy_version;
+    char model_id[17]; /* of the encoder serving now; "" before the first */
 } shown = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static ObserveParts parts;
@@ -74,6 +75,12 @@ void observe_selection(const char *name) {
         row = ++serving.n;
     }
     serving.counts[row ? row - 1 : TEMPLATES_MAX].count++;
+}
+
+void observe_set_model(const char *id) {
+    pthread_mutex_lock(&shown.lock);
+    snprintf(shown.model_id, sizeof shown.model_id, "%s", id);
+    pthread_mutex_unlock(&shown.lock);
 }
 
 void observe_reward(double r) {
@@ -236,6 +243,14 @@ static void render_policy(MetricsWriter *w, uint64_t serving_version) {
     metrics_family(w, "promptd_checkpoints_total", METRICS_COUNTER, "Checkpoints by result.");
     metrics_value1(w, "result", "ok", (double)l.checkpoints);
     metrics_value1(w, "result", "error", (double)l.checkpoint_errors);
+    if (l.head_tunes + l.tune_skips + l.tune_errors) {
+        metrics_family(w, "promptd_encoder_head_tune_runs_total", METRICS_COUNTER,
+                       "Online fine-tunes of the encoder's head by result: written, skipped "
+                       "(too few triplets, or nothing to learn), error.");
+        metrics_value1(w, "result", "written", (double)l.head_tunes);
+        metrics_value1(w, "result", "skipped", (double)l.tune_skips);
+        metrics_value1(w, "result", "error", (double)l.tune_errors);
+    }
 }
 
 static void render_pack(MetricsWriter *w, const TemplateCount *counts, size_t n) {
@@ -267,6 +282,19 @@ static void render_pack(MetricsWriter *w, const TemplateCount *counts, size_t n)
                     (double)pd_read(&pd_stats.no_template));
 }
 
+static void render_encoder(MetricsWriter *w, const char *model) {
+    if (model[0]) {
+        metrics_family(w, "promptd_encoder_model_info", METRICS_GAUGE,
+                       "The encoder model serving now (its id changes when the head is "
+                       "fine-tuned online).");
+        MetricsLabel id[] = {{"id", model}};
+        metrics_value(w, id, 1, 1);
+    }
+    metrics_counter(w, "promptd_encoder_head_tunes_total",
+                    "Fine-tuned projection heads (online triplets) that took over serving.",
+                    (double)pd_read(&pd_stats.head_tunes));
+}
+
 void observe_render(void *ctx, MetricsWriter *w) {
     (void)ctx;
     static TemplateCount counts[TEMPLATES_MAX + 1]; /* one scrape at a time (metrics.h) */
@@ -276,6 +304,8 @@ void observe_render(void *ctx, MetricsWriter *w) {
     memcpy(counts, shown.counts, sizeof counts);
     double mean = shown.reward_mean;
     uint64_t version = shown.policy_version;
+    char model[sizeof shown.model_id];
+    memcpy(model, shown.model_id, sizeof model);
     pthread_mutex_unlock(&shown.lock);
 
     render_flow(w);
@@ -284,6 +314,7 @@ void observe_render(void *ctx, MetricsWriter *w) {
     render_rewards(w, &journal, mean);
     render_policy(w, version);
     render_pack(w, counts, n);
+    render_encoder(w, model);
     metrics_family(w, "promptd_build_info", METRICS_GAUGE, "Versions promptd runs with.");
     MetricsLabel build[] = {
         {"version", PD_VERSION}, {"librdkafka", rd_kafka_version_str()}, {"lua", LUA_RELEASE}};

@@ -46,6 +46,10 @@ void observe_init(const ObserveParts *parts);
 void observe_selection(const char *name);
 void observe_reward(double r);
 
+/* Serving thread: the encoder model serving now (its 16-digit id), at start and after
+ * every fine-tuned head that takes over. */
+void observe_set_model(const char *id);
+
 /* Serving thread, once per tick: publishes the snapshot. */
 void observe_publish(const JournalStats *journal, uint64_t policy_version);
 

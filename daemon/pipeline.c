@@ -44,6 +44,7 @@ struct Pipeline {
     size_t max_bytes;
     size_t max_dead_payload;
     double reward_clip;
+    bool record_text; /* learner.triplets: the learner wants each prompt's text */
     char *prompts_topic, *rewards_topic;
 
     Slot *slots;
@@ -101,6 +102,7 @@ Pipeline *pipeline_new(const Config *c, const PipelineParts *parts) {
     p->model = parts->model;
     p->prompts_topic = strdup(c->topic_prompts);
     p->rewards_topic = strdup(c->topic_rewards);
+    p->record_text = c->learner_triplets && c->learner_enabled;
     size_t D = (size_t)selector_policy_dims(parts->selector)->D;
     if (!p->prompts_topic || !p->rewards_topic ||
         reserve((void **)&p->x, &p->x_cap, D, sizeof *p->x)) {
@@ -193,7 +195,9 @@ static void center_templates(float *emb, size_t n, size_t E, float *mean) {
     }
 }
 
-Pack *pipeline_use_pack(Pipeline *p, Pack *pack, char *err, size_t errlen) {
+/* Encodes pack's templates with the pipeline's model and hands them to the selector and
+ * the learner. Returns 0, or -1 with err (nothing changed). */
+static int use_templates(Pipeline *p, const Pack *pack, char *err, size_t errlen) {
     size_t n = pack_template_count(pack), E = (size_t)model_dim(p->model);
     float *emb = malloc(n * E * sizeof *emb);
     uint64_t *hashes = malloc(n * sizeof *hashes);
@@ -208,10 +212,28 @@ Pack *pipeline_use_pack(Pipeline *p, Pack *pack, char *err, size_t errlen) {
     if (rc && !emb) snprintf(err, errlen, "out of memory encoding the templates");
     free(emb);
     free(hashes);
-    if (rc) return pack;
+    return rc;
+}
 
+Pack *pipeline_use_pack(Pipeline *p, Pack *pack, char *err, size_t errlen) {
+    if (use_templates(p, pack, err, errlen)) return pack;
     Pack *old = p->pack;
     p->pack = pack;
+    return old;
+}
+
+Model *pipeline_use_model(Pipeline *p, Model *model, char *err, size_t errlen) {
+    Model *old = p->model;
+    if (model_dim(model) != model_dim(old)) {
+        snprintf(err, errlen, "it has %d dimensions, the serving model %d", model_dim(model),
+                 model_dim(old));
+        return model;
+    }
+    p->model = model; /* the templates' vectors must come from the model that serves */
+    if (p->pack && use_templates(p, p->pack, err, errlen)) {
+        p->model = old;
+        return model;
+    }
     return old;
 }
 
@@ -350,6 +372,9 @@ static int choose(Pipeline *p, Slot *s) {
                     : (SessionView){0};
     s->rec_len =
         selector_record(p->parts.selector, record, sizeof record, p->x, episode, view.turn);
+    if (s->rec_len && p->record_text)
+        s->rec_len = learner_record_add_text(record, sizeof record, s->rec_len,
+                                             p->norm.data + s->norm_off, s->norm_len);
     return s->rec_len && append(&p->records, record, s->rec_len, &s->rec_off) ? -1 : 0;
 }
 

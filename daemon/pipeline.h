@@ -59,6 +59,13 @@ void pipeline_reconfigure(Pipeline *p, const Config *c);
  * cannot be used (out of memory; err says so), in which case nothing changed. */
 Pack *pipeline_use_pack(Pipeline *p, Pack *pack, char *err, size_t errlen);
 
+/* Serves with model from the next batch on (a fine-tuned encoder head): re-encodes the
+ * serving pack's templates with it, as a pack swap does, and hands them to the learner.
+ * Cache keys follow the model (model_cache_id), so the old model's vectors are not
+ * reused. Returns the model it replaces, which the caller frees, or model itself when it
+ * cannot be used (another dimension, out of memory; err says why): nothing changed. */
+Model *pipeline_use_model(Pipeline *p, Model *model, char *err, size_t errlen);
+
 /* Processes msgs[0..n). A bad message becomes a dead letter and never stops the batch.
  * Returns 0, or PD_EFATAL / PD_ENOMEM with err filled when outputs cannot be sent. */
 int pipeline_run(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_t errlen);

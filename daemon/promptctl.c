@@ -15,13 +15,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../kernels/normalize.h"
 #include "ctl.h"
 #include "log.h"
 #include "metrics.h"
 #include "model.h"
 #include "pack.h"
 #include "pd.h"
+#include "train.h"
 
 static void usage(FILE *out) {
     fprintf(out, "Usage: promptctl COMMAND [OPTION]... [ARG]...\n"
@@ -58,21 +58,6 @@ static void usage(FILE *out) {
 }
 
 /* --- encode --- */
-
-/* The normalised form of text, malloc'ed. */
-static char *normalised(const char *text, size_t *len) {
-    size_t in = strlen(text), cap = norm_out_cap(in), wcap = norm_work_cap(in);
-    char *out = malloc(cap);
-    int32_t *work = malloc(wcap * sizeof *work);
-    ptrdiff_t n = out && work ? norm_text(out, cap, text, in, work, wcap, NORM_MASK) : -1;
-    free(work);
-    if (n < 0) {
-        free(out);
-        return NULL;
-    }
-    *len = (size_t)n;
-    return out;
-}
 
 static double cosine(const float *a, const float *b, int dim) {
     double dot = 0, na = 0, nb = 0;
@@ -128,7 +113,8 @@ static int cmd_encode(int argc, char **argv) {
     size_t *lens = calloc((size_t)n, sizeof *lens);
     float *v = calloc((size_t)n * dim, sizeof *v);
     for (int i = 0; i < n && norms && lens; i++)
-        if (!(norms[i] = normalised(argv[optind + i], &lens[i]))) rc = 70;
+        if (!(norms[i] = train_normalise(argv[optind + i], strlen(argv[optind + i]), &lens[i])))
+            rc = 70;
     if (rc || !v ||
         model_encode(m, (const char *const *)norms, lens, (size_t)n, v, err, sizeof err)) {
         fprintf(stderr, "promptctl: %s\n", rc ? "out of memory" : err);

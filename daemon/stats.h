@@ -41,6 +41,7 @@ typedef struct {
     atomic_uint_fast64_t rewards_none;          /* reward() returned nil */
     atomic_uint_fast64_t reward_errors;         /* reward() failed or returned a non-number */
     atomic_uint_fast64_t experiences_unlearned; /* no learner to take them */
+    atomic_uint_fast64_t head_tunes;            /* fine-tuned encoder heads now serving */
 } PdStats;
 
 extern PdStats pd_stats;

@@ -15,6 +15,7 @@
 
 #include <cblas.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
@@ -22,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../kernels/adam.h"
 #include "../kernels/encoder_backward.h"
@@ -102,8 +104,7 @@ int32_t train_data_label(const TrainData *d, size_t i) {
     return d->labels[i];
 }
 
-/* The normalised form of text[0..len), malloc'ed; NULL when out of memory. */
-static char *normalise(const char *text, size_t len) {
+char *train_normalise(const char *text, size_t len, size_t *out_len) {
     size_t cap = norm_out_cap(len), wcap = norm_work_cap(len);
     char *out = malloc(cap);
     int32_t *work = malloc(wcap * sizeof *work);
@@ -114,6 +115,7 @@ static char *normalise(const char *text, size_t len) {
         free(out);
         return NULL;
     }
+    if (out_len) *out_len = (size_t)n;
     return out;
 }
 
@@ -145,7 +147,9 @@ static int parse_line(TrainData *d, TrainLabels *labels, const char *line, size_
         snprintf(err, errlen, "the label is empty");
     } else {
         int32_t id = label_id(labels, json_string_value(label));
-        char *norm = id < 0 ? NULL : normalise(json_string_value(text), json_string_length(text));
+        char *norm = id < 0
+                         ? NULL
+                         : train_normalise(json_string_value(text), json_string_length(text), NULL);
         if (norm && data_push(d, norm, id) == 0) {
             rc = 0;
         } else {
@@ -235,27 +239,31 @@ static void tokens_free(Tokens *tk) {
     memset(tk, 0, sizeof *tk);
 }
 
-/* Tokenises every text of d, at most max_tokens ids each (the tail is dropped, as
- * promptd does with encoder.max_tokens). */
-static int tokens_make(Tokens *tk, const TrainData *d, const TokConfig *tok, size_t max_tokens) {
+/* Tokenises texts[0..n) (normalised, NUL-terminated), at most max_tokens ids each (the
+ * tail is dropped, as promptd does with encoder.max_tokens). */
+static int tokens_make(Tokens *tk, const char *const *texts, size_t n, const TokConfig *tok,
+                       size_t max_tokens) {
     size_t total = 0;
 
     memset(tk, 0, sizeof *tk);
-    for (size_t i = 0; i < d->n; i++) {
-        size_t n = tok_text(NULL, 0, d->texts[i], strlen(d->texts[i]), tok);
-        total += n < max_tokens ? n : max_tokens;
+    for (size_t i = 0; i < n; i++) {
+        size_t got = tok_text(NULL, 0, texts[i], strlen(texts[i]), tok);
+        total += got < max_tokens ? got : max_tokens;
     }
     tk->ids = malloc((total ? total : 1) * sizeof *tk->ids);
-    tk->off = malloc((d->n + 1) * sizeof *tk->off);
+    tk->off = malloc((n + 1) * sizeof *tk->off);
     if (!tk->ids || !tk->off) return tokens_free(tk), -1;
 
-    tk->off[0] = 0, tk->n = d->n;
-    for (size_t i = 0; i < d->n; i++) {
-        size_t got =
-            tok_text(tk->ids + tk->off[i], max_tokens, d->texts[i], strlen(d->texts[i]), tok);
+    tk->off[0] = 0, tk->n = n;
+    for (size_t i = 0; i < n; i++) {
+        size_t got = tok_text(tk->ids + tk->off[i], max_tokens, texts[i], strlen(texts[i]), tok);
         tk->off[i + 1] = tk->off[i] + (got < max_tokens ? got : max_tokens);
     }
     return 0;
+}
+
+static int tokens_of_data(Tokens *tk, const TrainData *d, const TokConfig *tok, size_t max_tokens) {
+    return tokens_make(tk, (const char *const *)d->texts, d->n, tok, max_tokens);
 }
 
 /* --- encoding only (evaluation, head-only caches) --- */
@@ -324,12 +332,20 @@ static int encode_tokens(float *vecs, float *pooled, const Tokens *tk, const siz
 int train_encode(float *vecs, float *pooled, const TrainData *d, const float *params,
                  const EncConfig *enc, const TokConfig *tok, size_t max_tokens, char *err,
                  size_t errlen) {
-    Tokens tk;
-    if (tokens_make(&tk, d, tok, max_tokens)) return snprintf(err, errlen, "out of memory"), -1;
+    return train_encode_texts(vecs, pooled, (const char *const *)d->texts, d->n, params, enc, tok,
+                              max_tokens, err, errlen);
+}
 
-    int rc = encode_tokens(vecs, pooled, &tk, NULL, d->n, params, enc, max_tokens);
+int train_encode_texts(float *vecs, float *pooled, const char *const *texts, size_t n,
+                       const float *params, const EncConfig *enc, const TokConfig *tok,
+                       size_t max_tokens, char *err, size_t errlen) {
+    Tokens tk;
+    if (tokens_make(&tk, texts, n, tok, max_tokens))
+        return snprintf(err, errlen, "out of memory"), -1;
+
+    int rc = encode_tokens(vecs, pooled, &tk, NULL, n, params, enc, max_tokens);
     tokens_free(&tk);
-    if (rc) snprintf(err, errlen, "out of memory encoding %zu texts", d->n);
+    if (rc) snprintf(err, errlen, "out of memory encoding %zu texts", n);
     return rc;
 }
 
@@ -492,7 +508,8 @@ struct Trainer {
     TrainConfig cfg;
     EncConfig enc;
     TokConfig tok;
-    char base_id[17]; /* the model fine-tuned, or "" */
+    char base_id[17];               /* the model fine-tuned, or "" */
+    const TrainLabels *save_labels; /* train_save's, for add_metadata */
     size_t n_labels;
 
     size_t n_params;
@@ -998,8 +1015,8 @@ int train_new(Trainer **out, const TrainConfig *cfg, const TrainData *train,
     rng_seed(&eval_rng, cfg->seed ^ 0x6576616cull); /* "eval": apart from the batches */
     if (check_config(cfg, err, errlen) || init_weights(t, err, errlen)) goto fail;
 
-    if (tokens_make(&t->train, train, &t->tok, cfg->max_tokens) ||
-        (heldout && tokens_make(&t->held, heldout, &t->tok, cfg->max_tokens)) || plan_labels(t))
+    if (tokens_of_data(&t->train, train, &t->tok, cfg->max_tokens) ||
+        (heldout && tokens_of_data(&t->held, heldout, &t->tok, cfg->max_tokens)) || plan_labels(t))
         goto oom;
     if (plan_batch(t, err, errlen)) goto fail;
     if (alloc_params(t) || alloc_batch(t) || alloc_history(t) ||
@@ -1139,7 +1156,9 @@ const TokConfig *train_tok_config(const Trainer *t) {
 /* --- saving --- */
 
 /* Adds the run's record to the metadata of a header made by st_header. */
-static int add_metadata(json_t *meta, const Trainer *t, const TrainLabels *labels) {
+static int add_metadata(json_t *meta, const void *ctx) {
+    const Trainer *t = ctx;
+    const TrainLabels *labels = t->save_labels;
     json_t *names = json_array();
     char buf[64];
     int bad = !names;
@@ -1164,16 +1183,32 @@ static int add_metadata(json_t *meta, const Trainer *t, const TrainLabels *label
     return bad ? -1 : 0;
 }
 
-/* The whole file in memory: header with the run's metadata, then the weights. */
-static int build_file(char **out, size_t *len, const Trainer *t, const TrainLabels *labels,
+/* Adds the key-value pairs of train_write_model's caller. */
+typedef struct {
+    const char *const *kv;
+    size_t n;
+} MetaPairs;
+
+static int add_pairs(json_t *meta, const void *ctx) {
+    const MetaPairs *m = ctx;
+    int bad = 0;
+    for (size_t i = 0; i < m->n; i++)
+        bad |= json_object_set_new(meta, m->kv[2 * i], json_string(m->kv[2 * i + 1]));
+    return bad ? -1 : 0;
+}
+
+/* The whole file in memory: st_header's header with metadata added by add(meta, ctx),
+ * then the weights. */
+static int build_file(char **out, size_t *len, const EncConfig *enc, const TokConfig *tok,
+                      const float *params, int (*add)(json_t *, const void *), const void *ctx,
                       char *err, size_t errlen) {
     char *head, *json = NULL;
-    size_t head_len, n = t->n_params * sizeof(float);
+    size_t head_len, n = enc_param_count(enc) * sizeof(float);
 
-    if (st_header(&head, &head_len, &t->enc, &t->tok, t->params, err, errlen)) return -1;
+    if (st_header(&head, &head_len, enc, tok, params, err, errlen)) return -1;
     json_t *root = json_loadb(head + 8, head_len - 8, 0, NULL);
     free(head);
-    if (root && add_metadata(json_object_get(root, "__metadata__"), t, labels) == 0)
+    if (root && add(json_object_get(root, "__metadata__"), ctx) == 0)
         json = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(root);
     if (!json) return snprintf(err, errlen, "out of memory building the model header"), -1;
@@ -1188,11 +1223,28 @@ static int build_file(char **out, size_t *len, const Trainer *t, const TrainLabe
     for (int k = 0; k < 8; k++) (*out)[k] = (char)(((uint64_t)padded >> (8 * k)) & 0xFF);
     memcpy(*out + 8, json, jlen);
     memset(*out + 8 + jlen, ' ', padded - jlen);
-    memcpy(*out + 8 + padded, t->params, n);
+    memcpy(*out + 8 + padded, params, n);
     free(json);
     return 0;
 }
 
+/* fsync of the directory holding path, so that a rename into it survives a crash. */
+static int sync_parent(const char *path) {
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash == path ? 1 : slash - path), path);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* path.tmp, fsync, rename, fsync of the directory: a crash leaves the old file or the new
+ * one, never a torn one (promptd serves what it finds there at the next start). */
 static int write_atomically(const char *path, const void *data, size_t len, char *err,
                             size_t errlen) {
     char tmp[4096];
@@ -1200,9 +1252,9 @@ static int write_atomically(const char *path, const void *data, size_t len, char
     FILE *f = fopen(tmp, "wb");
     if (!f) return snprintf(err, errlen, "cannot write %s: %s", tmp, strerror(errno)), -1;
 
-    int ok = fwrite(data, 1, len, f) == len;
+    int ok = fwrite(data, 1, len, f) == len && fflush(f) == 0 && fsync(fileno(f)) == 0;
     ok = fclose(f) == 0 && ok;
-    if (!ok || rename(tmp, path) != 0) {
+    if (!ok || rename(tmp, path) != 0 || sync_parent(path) != 0) {
         snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
         remove(tmp);
         return -1;
@@ -1210,20 +1262,76 @@ static int write_atomically(const char *path, const void *data, size_t len, char
     return 0;
 }
 
-int train_save(Trainer *t, const char *path, const TrainLabels *labels, char model_id[17],
-               char *err, size_t errlen) {
-    char *file, why[512];
-    size_t len;
+/* Validates the built file as the daemon's loader will, then writes it. */
+static int check_and_write(const char *path, char *file, size_t len, char model_id[17], char *err,
+                           size_t errlen) {
+    char why[512];
     StModel m;
-
-    if (build_file(&file, &len, t, labels, err, errlen)) return -1;
-
-    /* What the daemon will load must pass its loader: check before writing. */
     int rc = st_load(&m, file, len, why, sizeof why);
     if (rc) snprintf(err, errlen, "the new model fails validation: %s (a bug)", why);
     if (rc == 0) memcpy(model_id, m.model_id, 17);
     if (rc == 0) rc = write_atomically(path, file, len, err, errlen);
     free(file);
+    return rc;
+}
+
+int train_save(Trainer *t, const char *path, const TrainLabels *labels, char model_id[17],
+               char *err, size_t errlen) {
+    char *file;
+    size_t len;
+
+    t->save_labels = labels;
+    if (build_file(&file, &len, &t->enc, &t->tok, t->params, add_metadata, t, err, errlen))
+        return -1;
+    return check_and_write(path, file, len, model_id, err, errlen);
+}
+
+int train_write_model(const char *path, const EncConfig *enc, const TokConfig *tok,
+                      const float *params, const char *const *meta, size_t nmeta, char model_id[17],
+                      char *err, size_t errlen) {
+    char *file;
+    size_t len;
+    MetaPairs pairs = {meta, nmeta};
+
+    if (build_file(&file, &len, enc, tok, params, add_pairs, &pairs, err, errlen)) return -1;
+    return check_and_write(path, file, len, model_id, err, errlen);
+}
+
+int train_model_metadata(const char *path, const char *key, char *out, size_t outlen, char *err,
+                         size_t errlen) {
+    unsigned char lenbuf[8];
+    uint64_t hlen = 0;
+    char *head = NULL;
+    int rc = -1;
+    FILE *f = fopen(path, "rb");
+
+    if (!f || fread(lenbuf, 1, 8, f) != 8) {
+        snprintf(err, errlen, "cannot read the model %s: %s", path,
+                 f ? "shorter than its header" : strerror(errno));
+        goto done;
+    }
+    for (int k = 0; k < 8; k++) hlen |= (uint64_t)lenbuf[k] << (8 * k);
+    if (hlen == 0 || hlen > ST_MAX_HEADER || !(head = malloc(hlen)) ||
+        fread(head, 1, hlen, f) != hlen) {
+        bool sized = hlen > 0 && hlen <= ST_MAX_HEADER;
+        snprintf(err, errlen, "the model %s is refused: its header is %s", path,
+                 !sized ? "of a wrong size"
+                 : head ? "truncated"
+                        : "too large for memory");
+        goto done;
+    }
+    json_t *root = json_loadb(head, hlen, 0, NULL);
+    const json_t *v = json_object_get(json_object_get(root, "__metadata__"), key);
+    if (!root)
+        snprintf(err, errlen, "the model %s is refused: its header is not JSON", path);
+    else
+        rc = json_is_string(v) ? 1 : 0;
+    if (rc == 1) snprintf(out, outlen, "%s", json_string_value(v));
+    json_decref(root);
+
+done:
+    free(head);
+    if (f) fclose(f);
     return rc;
 }
 

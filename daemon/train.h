@@ -34,6 +34,10 @@ void train_labels_free(TrainLabels *l);
 size_t train_labels_count(const TrainLabels *l);
 const char *train_labels_name(const TrainLabels *l, size_t id);
 
+/* The normalised form of text[0..len) as promptd serves it (masking on), malloc'ed, its
+ * length in *out_len when not NULL; NULL when out of memory. */
+char *train_normalise(const char *text, size_t len, size_t *out_len);
+
 /* Reads JSON lines from path: every non-blank line an object with string "text" and
  * "label" (other fields are ignored). New labels are added to labels. Texts are kept
  * normalised. Returns 0, or -1 with err naming the file, line and problem (an empty
@@ -163,5 +167,26 @@ int train_load_model(float **params, EncConfig *enc, TokConfig *tok, char model_
 int train_encode(float *vecs, float *pooled, const TrainData *d, const float *params,
                  const EncConfig *enc, const TokConfig *tok, size_t max_tokens, char *err,
                  size_t errlen);
+
+/* As train_encode, for texts[0..n) (normalised, NUL-terminated) of no data set: the
+ * learner's online fine-tuning encodes the prompts it buffered with it. */
+int train_encode_texts(float *vecs, float *pooled, const char *const *texts, size_t n,
+                       const float *params, const EncConfig *enc, const TokConfig *tok,
+                       size_t max_tokens, char *err, size_t errlen);
+
+/* Writes the weights params (enc, tok) as a model file at path, atomically (path.tmp,
+ * fsync, rename, fsync of the directory), after checking it as the daemon's loader
+ * would. meta holds nmeta key-value pairs of strings (meta[2i], meta[2i + 1]) added to
+ * the header's metadata (e.g. base_model_id). model_id receives the new id. Returns 0,
+ * or -1 with err. */
+int train_write_model(const char *path, const EncConfig *enc, const TokConfig *tok,
+                      const float *params, const char *const *meta, size_t nmeta, char model_id[17],
+                      char *err, size_t errlen);
+
+/* Reads the metadata string key of the model file at path from its header alone (the
+ * weights are not read or checked: model_load does that). Returns 1 with out filled, 0
+ * when the key is absent, or -1 with err naming the file and the problem. */
+int train_model_metadata(const char *path, const char *key, char *out, size_t outlen, char *err,
+                         size_t errlen);
 
 #endif

@@ -272,3 +272,14 @@ int harness_write_prompts(const char *path, const char *prefix, int n) {
     }
     return fclose(f);
 }
+
+double harness_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int harness_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}

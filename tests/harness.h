@@ -85,4 +85,10 @@ int harness_write_prompts(const char *path, const char *prefix, int n);
 /* Monotonic milliseconds. */
 long long harness_now_ms(void);
 
+/* Seconds on the monotonic clock, for the benchmarks' rounds. */
+double harness_seconds(void);
+
+/* qsort's comparison of doubles, ascending: the benchmarks' medians. */
+int harness_cmp_double(const void *a, const void *b);
+
 #endif

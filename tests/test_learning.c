@@ -234,3 +234,63 @@ Test(learning, rewards_join_decisions_of_a_previous_run_through_redis) {
     rserver_stop(&redis);
     harness_cleanup();
 }
+
+/* --- online triplets --- */
+
+/* learner.triplets: the learner fine-tunes the encoder's head from the rewards, the
+ * serving thread swaps the new model in between batches while every prompt is still
+ * decided, and a restart serves the tuned model (with the policy learned on it); a
+ * corrupt tuned file is named and the configured model serves. */
+Test(learning, online_triplets_tune_the_head_and_serve_it_across_restart) {
+    Daemon d = {.dir = harness_tmpdir()};
+    char admin[600], tuned[600], sock[700];
+    cr_assert_not_null(d.dir);
+    harness_path(d.boot, sizeof d.boot, d.dir, "bootstrap");
+    harness_path(d.log, sizeof d.log, d.dir, "promptd.log");
+    harness_path(d.ckdir, sizeof d.ckdir, d.dir, "state");
+    harness_path(admin, sizeof admin, d.dir, "admin.sock");
+    snprintf(tuned, sizeof tuned, "%s/tuned.safetensors", d.ckdir);
+    snprintf(sock, sizeof sock, "admin.socket=%s", admin);
+    const char *const extra[] = {"learner.triplets=yes", "learner.triplets_every=256", sock, NULL};
+    daemon_start(&d, extra);
+
+    json_t *first = simulate(&d, "2000", "11");
+    cr_expect_eq(number(first, "decisions"), 2000, "prompts went undecided around the swaps");
+    cr_expect_eq(number(first, "duplicates"), 0);
+    json_decref(first);
+    cr_expect_eq(harness_wait_text(d.log, "projection head fine-tuned on", 20000), 0,
+                 "no fine-tuned head took over");
+    cr_expect_geq(metric(admin, "\npromptd_encoder_head_tunes_total "), 1);
+    cr_expect_gt(metric(admin, "\npromptd_decisions_total "), 1999);
+    cr_expect(access(tuned, F_OK) == 0, "no %s", tuned);
+
+    /* The restart serves the tuned model, and the policy checkpointed on it. */
+    proc_signal(&d.promptd, SIGTERM);
+    cr_assert_eq(proc_wait(&d.promptd, 30000), 0, "promptd did not stop cleanly");
+    daemon_start(&d, extra);
+    cr_expect_eq(harness_wait_text(d.log, "serving the fine-tuned model", 15000), 0,
+                 "the restart did not serve the tuned model");
+    cr_expect_eq(harness_wait_text(d.log, "restored policy version", 15000), 0,
+                 "the policy learned on the tuned model was not restored");
+    json_t *second = simulate(&d, "500", "12");
+    cr_expect_eq(number(second, "decisions"), 500);
+    json_decref(second);
+    proc_signal(&d.promptd, SIGTERM);
+    cr_assert_eq(proc_wait(&d.promptd, 30000), 0, "promptd did not stop cleanly");
+
+    /* A corrupt tuned file: named in the log, and the configured model serves. */
+    FILE *f = fopen(tuned, "r+b");
+    cr_assert_not_null(f);
+    cr_assert_eq(fseek(f, 4096, SEEK_SET), 0);
+    cr_assert_eq(fwrite("garbage!", 1, 8, f), 8);
+    fclose(f);
+    daemon_start(&d, extra);
+    cr_expect_eq(harness_wait_text(d.log, "ignoring the fine-tuned model", 15000), 0,
+                 "a corrupt tuned file was not reported");
+    char *log = harness_read_file(d.log, NULL);
+    const char *at = log ? strstr(log, "ignoring the fine-tuned model") : NULL;
+    cr_expect(at && strstr(at, tuned), "the log does not name %s", tuned);
+    free(log);
+    proc_stop(&d.promptd);
+    harness_cleanup();
+}
