@@ -10,6 +10,8 @@
 # and the broker's timing make each run's batches differ.
 #
 #   bench/learning.sh [BUILD] [PROMPTS]
+#
+# LEARNING_SET="key=value ..." adds promptd settings, to see what they change.
 set -eu
 
 build=${1:-build}
@@ -23,6 +25,8 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT INT TERM
+extra=""
+for kv in ${LEARNING_SET:-}; do extra="$extra --set $kv"; done
 
 echo "learning: bandit scenario through promptd, $prompts reward events each (target >= 0.90)"
 printf '  %-9s %-22s %-16s %-9s %s\n' templates "last 1000 / oracle" "uniform / oracle" versions seconds
@@ -33,7 +37,7 @@ for k in 8 16 32; do
         >/dev/null
     OPENBLAS_NUM_THREADS=1 "$build/promptd" --set kafka.embedded.bootstrap_file="$dir/bootstrap" \
         --set policy.pack="$dir/pack" --set learner.checkpoint_dir="$dir/state" \
-        --set metrics.listen= --set reward.window=5s --set log.level=warning \
+        --set metrics.listen= --set reward.window=5s --set log.level=warning $extra \
         2>"$dir/promptd-$k.log" &
     pid=$!
     "$build/promptctl" simulate --bootstrap-file "$dir/bootstrap" --scenario bandit \

@@ -19,6 +19,7 @@ struct Scenario {
     size_t n;
     char **names, **abouts;
     char *reward_src;
+    char *pack_fields; /* more fields of the written pack, Lua source */
     bool has_eligible, has_event;
 };
 
@@ -150,6 +151,7 @@ Scenario *scenario_load(const char *path, const char *const *params, uint64_t se
     s->has_event = field_is(L, -1, "event", LUA_TFUNCTION);
     s->name = field_string(L, -1, "name");
     s->reward_src = field_string(L, -1, "reward");
+    s->pack_fields = field_string(L, -1, "pack_fields");
     if (!s->name && !(s->name = strdup("scenario"))) goto fail;
     s->table = luaL_ref(L, LUA_REGISTRYINDEX);
     return s;
@@ -169,6 +171,7 @@ void scenario_free(Scenario *s) {
     free(s->abouts);
     free(s->name);
     free(s->reward_src);
+    free(s->pack_fields);
     if (s->L) lua_close(s->L);
     free(s);
 }
@@ -369,8 +372,9 @@ int scenario_write_pack(const Scenario *s, const char *dir, char *err, size_t er
         put_quoted(f, s->abouts[i][0] ? s->abouts[i] : s->names[i]);
         fprintf(f, "),\n");
     }
-    fprintf(f, "    },\n    reward = function(event, decision)\n        %s\n    end,\n}\n",
-            s->reward_src ? s->reward_src : "return tonumber(event.score)");
+    fprintf(f, "    },\n    reward = function(event, decision)\n        %s\n    end,\n%s}\n",
+            s->reward_src ? s->reward_src : "return tonumber(event.score)",
+            s->pack_fields ? s->pack_fields : "");
     if (fclose(f)) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         return -1;

@@ -165,7 +165,7 @@ local function pick(list)
     return list[math.random(#list)]
 end
 
--- One alarm text of kind, with attrs (site, source, severity) as monitoring sends them.
+-- One alarm text of kind, with attrs (site, source, severity, code) as monitoring sends them.
 function M.say(kind)
     local text = pick(kind[5]):gsub("{(%a)}", function(slot)
         if slot == "n" then return tostring(math.random(1, 60)) end
@@ -177,6 +177,7 @@ function M.say(kind)
         site = wind and pick(wind_sites) or pick(dc_sites),
         source = wind and "scada" or pick({ "dcim", "bms", "netmon" }),
         severity = severity_names[kind[3]],
+        code = kind[1], -- the alarm code, as SCADA and DCIM systems send it
     }
     return text, attrs
 end

@@ -110,4 +110,19 @@ return {
 
     -- The pack's reward for `promptctl simulate --write-pack`.
     reward = "return tonumber(event.score)",
+
+    -- And its features: what the text says least, the equipment, from the attributes the
+    -- monitoring system sends (its domain, and its alarm code hashed into 8 buckets).
+    pack_fields = [[
+    feature_names = { "wind", "datacentre", "code0", "code1", "code2", "code3", "code4",
+                      "code5", "code6", "code7" },
+    features = function(msg)
+        local attrs = msg.attrs or {}
+        local f = { attrs.source == "scada" and 1 or 0,
+                    attrs.source and attrs.source ~= "scada" and 1 or 0 }
+        local bucket = attrs.code and tonumber(pd.hash(attrs.code):sub(-4), 16) % 8
+        for b = 0, 7 do f[#f + 1] = b == bucket and 1 or 0 end
+        return f
+    end,
+]],
 }
