@@ -193,6 +193,23 @@ Test(cli, promptctl_check_validates_a_pack_offline) {
     cr_expect_eq(run_ctl((const char *[]){"frobnicate", NULL}), 64);
 }
 
+/* A scenario writes a pack that loads as any other, with the features it declares. */
+Test(cli, simulate_writes_a_pack_that_checks) {
+    char pack[600];
+    harness_path(pack, sizeof pack, dir, "bandit-pack");
+    mkdir(pack, 0755);
+    cr_assert_eq(run_ctl((const char *[]){"simulate", "--scenario", "bandit", "--param",
+                                          "templates=16", "--write-pack", pack, NULL}),
+                 0);
+    cr_expect_eq(run_ctl((const char *[]){"check", pack, NULL}), 0);
+    cr_expect(file_has(out, "template t16"));
+    cr_expect(file_has(out, "feature  code7"), "the scenario's pack_fields are in the pack");
+    cr_expect_eq(run_ctl((const char *[]){"simulate", "--scenario", "bandit", "--param",
+                                          "templates=12", "--write-pack", pack, NULL}),
+                 78);
+    cr_expect(file_has(err, "templates must be 8, 16 or 32"));
+}
+
 Test(cli, a_corrupt_model_is_refused_and_named) {
     char model[600];
     harness_path(model, sizeof model, dir, "broken.safetensors");
