@@ -121,6 +121,48 @@ Test(cli, set_overrides_are_checked_too) {
     cr_expect(file_has(err, "--set expects KEY=VALUE"));
 }
 
+static void empty(const char *path) {
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+}
+
+/* Hostile values: each is refused at --check (exit 78) with a line naming its key and
+ * what is wrong, before anything is opened or bound. */
+Test(cli, hostile_values_are_refused_by_check) {
+    static const struct {
+        const char *set, *says;
+    } cases[] = {
+        {"kafka.batch.size=99999999999", "kafka.batch.size: must be between"},
+        {"reward.window=-5s", "reward.window: expects a duration"},
+        {"learner.checkpoint_every=-1m", "learner.checkpoint_every: expects a duration"},
+        {"cache.l1_bytes=1000tb", "cache.l1_bytes: expects a size"},
+        {"prompt.max_bytes=0", "prompt.max_bytes: must be between"},
+        {"encoder.max_tokens=1e30", "encoder.max_tokens: expects a whole number"},
+        {"encoder.model=/etc/passwd", "encoder.model: the model /etc/passwd is refused"},
+        {"encoder.model=/nonexistent/model.safetensors", "encoder.model:"},
+        {"policy.pack=/etc", "policy.pack: pack etc (/etc): /etc/init.lua not found"},
+        {"metrics.listen=8.8.8.8:80", "metrics.listen: '8.8.8.8:80' is not a loopback address"},
+        {"redis.url=ftp://x", "redis.url: unknown scheme"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        empty(err);
+        cr_expect_eq(run((const char *[]){"--check", "--set", cases[i].set, NULL}), 78, "%s",
+                     cases[i].set);
+        cr_expect(file_has(err, cases[i].says), "%s: the error does not say '%s'", cases[i].set,
+                  cases[i].says);
+    }
+
+    /* An include that cannot be read (a directory) is named. */
+    char sub[600], line[700];
+    harness_path(sub, sizeof sub, dir, "conf.d");
+    mkdir(sub, 0755);
+    snprintf(line, sizeof line, "include %s\n", sub);
+    empty(err);
+    cr_expect_eq(run((const char *[]){"--check", "--config", write_conf(line), NULL}), 78);
+    cr_expect(file_has(err, "read error on"));
+}
+
 Test(cli, a_missing_config_file_is_a_configuration_error) {
     cr_expect_eq(run((const char *[]){"--config", "/nonexistent.conf", NULL}), 78);
     cr_expect(file_has(err, "cannot open /nonexistent.conf"));

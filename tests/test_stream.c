@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "../daemon/mockbroker.h"
+#include "../kernels/rng.h"
 #include "harness.h"
 
 #define TOPIC_PROMPTS   "promptd.prompts"
@@ -391,6 +392,146 @@ Test(stream, malformed_messages_become_dead_letters_with_reasons, .timeout = 180
     tail_close(&tail);
     tail_close(&dtail);
     seen_free(&seen);
+    run_fini(&r);
+}
+
+/* --- a corpus of 10,000 malformed messages --- */
+
+#define CORPUS_BAD  10000
+#define CORPUS_GOOD 500
+
+/* A valid prompt's JSON with seeded words, for the mutations below to break. */
+static int valid_prompt(char *buf, size_t len, Rng *rng, int i) {
+    static const char *const words[] = {"gearbox", "bearing", "temp", "high", "UPS",    "battery",
+                                        "风机",    "告警",    "CRAC", "trip", "WTG-12", "92C"};
+    int n = snprintf(buf, len, "{\"id\":\"m-%d\",\"text\":\"", i);
+    for (int w = 0, count = 1 + (int)rng_below(rng, 8); w < count; w++)
+        n += snprintf(buf + n, len - (size_t)n, "%s%s", w ? " " : "", words[rng_below(rng, 12)]);
+    return n + snprintf(buf + n, len - (size_t)n, "\"}");
+}
+
+/* Writes one malformed message of kind k (seeded variations of each), without newline. */
+static void write_bad(FILE *f, Rng *rng, int k, int i) {
+    char ok[512];
+    int n = valid_prompt(ok, sizeof ok, rng, i);
+    /* (An integer id is valid: ids are strings or integers.) */
+    static const char *const not_strings[] = {"-1.5e300", "null",      "true",
+                                              "[1,2]",    "{\"a\":1}", "0.5"};
+    static const char *const not_objects[] = {
+        "[]", "[{\"id\":\"x\",\"text\":\"y\"}]", "\"text\"", "12345", "null", "false"};
+    switch (k) {
+    case 0: /* truncated: a prefix of an object never closes it */
+        fwrite(ok, 1, 1 + rng_below(rng, (uint32_t)n - 2), f);
+        break;
+    case 1: { /* a byte no UTF-8 text contains, inside the text */
+        static const unsigned char bad[] = {0x80, 0xbf, 0xc0, 0xc1, 0xf5, 0xff, 0xfe};
+        int at = (int)(strstr(ok, "\"text\":\"") - ok) + 8;
+        fwrite(ok, 1, (size_t)at, f);
+        fputc(bad[rng_below(rng, sizeof bad)], f);
+        fputs(ok + at, f);
+        break;
+    }
+    case 2: /* an id that is not a non-empty string */
+        fprintf(f, "{\"id\":%s,\"text\":\"UPS on battery\"}", not_strings[rng_below(rng, 6)]);
+        break;
+    case 3: /* a text that is not a string, or none */
+        if (rng_below(rng, 4) == 0)
+            fprintf(f, "{\"id\":\"m-%d\",\"body\":\"UPS on battery\"}", i);
+        else
+            fprintf(f, "{\"id\":\"m-%d\",\"text\":%s}", i, not_strings[rng_below(rng, 6)]);
+        break;
+    case 4: /* not an object at all */ fputs(not_objects[rng_below(rng, 6)], f); break;
+    case 5: /* a raw control character inside a string */
+        ok[12 + rng_below(rng, (uint32_t)n - 14)] = (char)(1 + rng_below(rng, 9));
+        fputs(ok, f);
+        break;
+    case 6: /* trailing bytes after the object */
+        fprintf(f, "%s%s", ok, rng_below(rng, 2) ? " garbage" : "}");
+        break;
+    default: /* over prompt.max_bytes (1 KB here) */
+        fprintf(f, "{\"id\":\"m-%d\",\"text\":\"", i);
+        for (int j = 0, words = 210 + (int)rng_below(rng, 400); j < words; j++) fputs("trip ", f);
+        fputs("\"}", f);
+    }
+}
+
+/* Every one of 10,000 malformed messages of eight kinds, with seeded variations, becomes
+ * a dead letter naming its offset, its reason and the parser's message; the good prompts
+ * between them are all decided. */
+Test(stream, a_corpus_of_10000_malformed_messages_all_become_dead_letters, .timeout = 240) {
+    Run r;
+    char prompts[512], dead[512];
+    Proc dead_consumer;
+    Tail tail;
+    Rng rng;
+    rng_seed(&rng, 20261203);
+    run_init(&r);
+    start_promptd(&r, (const char *const[]){"prompt.max_bytes=1kb", NULL});
+
+    harness_path(prompts, sizeof prompts, r.dir, "corpus.jsonl");
+    FILE *f = fopen(prompts, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < CORPUS_BAD; i++) {
+        if (i % (CORPUS_BAD / CORPUS_GOOD) == 0)
+            fprintf(f, "{\"id\":\"good-%d\",\"text\":\"WTG-%d gearbox trip\"}\n",
+                    i / (CORPUS_BAD / CORPUS_GOOD), i);
+        write_bad(f, &rng, i % 8, i);
+        fputc('\n', f);
+    }
+    fclose(f);
+    kcat_produce_lines(&r, TOPIC_PROMPTS, prompts, false);
+
+    harness_path(dead, sizeof dead, r.dir, "dead.txt");
+    kcat_follow(&r, &dead_consumer, TOPIC_DEAD, dead);
+    tail_open(&tail, dead);
+    int total = 0, named = 0, ok_reason = 0;
+    /* Dead letters by input partition and offset (keyless messages spread over them). */
+    size_t per_partition = CORPUS_BAD + CORPUS_GOOD + 1;
+    bool *seen = calloc(64 * per_partition, sizeof *seen);
+    int distinct = 0;
+    for (long long end = harness_now_ms() + 150000; total < CORPUS_BAD && harness_now_ms() < end;) {
+        char *line = tail_next(&tail);
+        if (!line) {
+            usleep(20000);
+            continue;
+        }
+        char *tab = strchr(line, '\t');
+        json_t *dl = tab ? json_loads(tab + 1, 0, NULL) : NULL;
+        cr_assert_not_null(dl, "dead letter is not JSON: %s", line);
+        total++;
+        const char *reason = json_string_value(json_object_get(dl, "reason"));
+        ok_reason += reason && strcmp(reason, "ok") && strcmp(reason, "unknown");
+        named += json_string_length(json_object_get(dl, "error")) > 5;
+        json_int_t partition = json_integer_value(json_object_get(dl, "partition"));
+        json_int_t offset = json_integer_value(json_object_get(dl, "offset"));
+        size_t at = (size_t)partition * per_partition + (size_t)offset;
+        if (partition >= 0 && partition < 64 && offset >= 0 && (size_t)offset < per_partition &&
+            !seen[at]) {
+            seen[at] = true;
+            distinct++;
+        }
+        json_decref(dl);
+    }
+    cr_expect_eq(total, CORPUS_BAD, "%d dead letters for %d malformed messages", total, CORPUS_BAD);
+    cr_expect_eq(distinct, CORPUS_BAD, "%d distinct offsets dead-lettered", distinct);
+    cr_expect_eq(ok_reason, total, "%d of %d dead letters with a reason", ok_reason, total);
+    cr_expect_eq(named, total, "%d of %d dead letters with the error", named, total);
+
+    Seen good;
+    Tail dtail;
+    seen_init(&good, CORPUS_GOOD);
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, r.decisions);
+    tail_open(&dtail, r.decisions);
+    seen_collect(&good, &dtail, "good-", CORPUS_GOOD, 60000);
+    cr_expect_eq(good.unique, CORPUS_GOOD, "%d of %d good prompts decided", good.unique,
+                 CORPUS_GOOD);
+    cr_expect_eq(proc_wait(&r.promptd, 0), -1, "promptd stopped during the corpus");
+
+    free(seen);
+    proc_stop(&dead_consumer);
+    tail_close(&tail);
+    tail_close(&dtail);
+    seen_free(&good);
     run_fini(&r);
 }
 
