@@ -535,6 +535,89 @@ Test(stream, a_corpus_of_10000_malformed_messages_all_become_dead_letters, .time
     run_fini(&r);
 }
 
+/* --- broker faults --- */
+
+/* Kafka API keys, for the mock cluster's error injection. */
+enum { API_PRODUCE = 0, API_FETCH = 1, API_OFFSET_COMMIT = 8 };
+
+/* Waits until at least `unique` ids are decided (or 60 s pass): faults land mid-stream. */
+static void decided_at_least(Seen *seen, Tail *tail, const char *prefix, int unique) {
+    seen_collect(seen, tail, prefix, unique, 60000);
+    cr_assert_geq(seen->unique, unique, "the stream stalled at %d decisions", seen->unique);
+}
+
+/* While a stream flows: produce, fetch and commit errors, a leader change, and a broker
+ * going down and coming back. Every prompt still gets a decision, duplicates name their
+ * input, promptd exits cleanly, and it does not log an error per failed request. */
+Test(stream, broker_faults_lose_nothing, .timeout = 300) {
+    Run r;
+    char prompts[512];
+    Seen seen;
+    Tail tail;
+    Proc producer;
+    const int total = 30000;
+    run_init(&r);
+    host_broker(&r, 4);
+    rd_kafka_mock_cluster_t *mc = mockbroker_cluster(r.broker);
+    start_promptd(&r, NULL);
+
+    harness_path(prompts, sizeof prompts, r.dir, "prompts.jsonl");
+    cr_assert_eq(harness_write_prompts(prompts, "f-", total), 0);
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, r.decisions);
+    Feeder *feeder = kcat_stream(&r, &producer, TOPIC_PROMPTS, prompts, 2500);
+    seen_init(&seen, total);
+    tail_open(&tail, r.decisions);
+
+    decided_at_least(&seen, &tail, "f-", total / 10);
+    rd_kafka_mock_push_request_errors(
+        mc, API_PRODUCE, 4, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+        RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE);
+
+    decided_at_least(&seen, &tail, "f-", total / 5);
+    rd_kafka_mock_push_request_errors(mc, API_FETCH, 3, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                                      RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+                                      RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT);
+    rd_kafka_mock_push_request_errors(
+        mc, API_OFFSET_COMMIT, 3, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+        RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_NOT_COORDINATOR);
+
+    decided_at_least(&seen, &tail, "f-", total * 3 / 10);
+    for (int p = 0; p < 4; p++) {
+        rd_kafka_mock_partition_set_leader(mc, TOPIC_PROMPTS, p, 1 + (p + 1) % 3);
+        rd_kafka_mock_partition_set_leader(mc, TOPIC_DECISIONS, p, 1 + (p + 2) % 3);
+    }
+
+    decided_at_least(&seen, &tail, "f-", total * 2 / 5);
+    rd_kafka_mock_broker_set_down(mc, 2);
+    usleep(3000 * 1000);
+    rd_kafka_mock_broker_set_up(mc, 2);
+
+    feeder_join(feeder);
+    cr_expect_eq(proc_wait(&producer, 60000), 0, "kcat could not produce the stream");
+    seen_collect(&seen, &tail, "f-", total, 150000);
+    cr_log_info("broker faults: %d of %d decided, %d duplicates", seen.unique, total,
+                seen.duplicates);
+    cr_expect_eq(seen.unique, total, "%d of %d ids got no decision", total - seen.unique, total);
+    cr_expect_eq(seen.mismatched_source, 0, "%d duplicates name another input",
+                 seen.mismatched_source);
+    cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0);
+
+    /* Errors are logged per episode, not per failed request or message. */
+    size_t len = 0;
+    char *log = harness_read_file(r.log, &len);
+    cr_assert_not_null(log);
+    int loud = 0;
+    for (char *line = log; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL)
+        loud += line[0] == '<' && line[1] >= '0' && line[1] <= '4';
+    cr_log_info("broker faults: %d lines at warning or above", loud);
+    cr_expect_leq(loud, 60, "%d lines at warning or above for a handful of faults", loud);
+    free(log);
+    tail_close(&tail);
+    seen_free(&seen);
+    run_fini(&r);
+}
+
 /* --- crashes and shutdown --- */
 
 /* A stream flows at 10,000 prompts/s; promptd is killed while it serves it. */
