@@ -182,6 +182,12 @@ static void count(Learner *l, uint64_t *field, uint64_t n) {
     pthread_mutex_unlock(&l->slock);
 }
 
+static void set_failing(Learner *l, bool failing) {
+    pthread_mutex_lock(&l->slock);
+    l->stats.checkpoint_failing = failing;
+    pthread_mutex_unlock(&l->slock);
+}
+
 static void write_checkpoint(Learner *l) {
     char err[PATH_MAX + 256];
     if (!l->cfg.checkpoint_dir[0]) return;
@@ -193,9 +199,11 @@ static void write_checkpoint(Learner *l) {
         /* Loud, but not fatal: serving goes on with the policy in memory. */
         pd_log(PD_LOG_ERR, PD_MOD_LEARNER, "checkpoint failed, the policy is not saved: %s", err);
         count(l, &l->stats.checkpoint_errors, 1);
+        set_failing(l, true);
         return;
     }
     count(l, &l->stats.checkpoints, 1);
+    set_failing(l, false);
     l->last_checkpoint_ms = (int64_t)pd_mono_ms();
 }
 

@@ -333,6 +333,9 @@ void observe_health(void *ctx, MetricsHealth *h) {
                            (double)silent / 1000);
     if (parts.redis_configured && parts.cache && !cache_stats(parts.cache).l2_up)
         metrics_health_add(h, METRICS_DEGRADED, "redis down (in-process fallback)");
+    if (parts.learner && learner_stats(parts.learner).checkpoint_failing)
+        metrics_health_add(h, METRICS_DEGRADED,
+                           "checkpoints failing (the learned policy is not saved; see the log)");
     if (pd_read(&pd_stats.pack_reloads_failed) && !pd_read(&pd_stats.pack_last_reload_ok))
         metrics_health_add(h, METRICS_DEGRADED,
                            "last pack reload refused (the previous pack serves)");

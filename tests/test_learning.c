@@ -294,3 +294,65 @@ Test(learning, online_triplets_tune_the_head_and_serve_it_across_restart) {
     proc_stop(&d.promptd);
     harness_cleanup();
 }
+
+/* The checkpoint directory becomes unusable while promptd serves (here: a file where the
+ * directory was, which fails for root too, unlike permissions): serving goes on, every
+ * prompt is decided, the failure is logged at error level without one line per attempt,
+ * counted, and /healthz says degraded; once the directory is back, checkpoints resume. */
+Test(learning, an_unwritable_checkpoint_directory_does_not_stop_serving) {
+    Daemon d = {.dir = harness_tmpdir()};
+    char admin[600], sock[700], moved[600];
+    cr_assert_not_null(d.dir);
+    harness_path(d.boot, sizeof d.boot, d.dir, "bootstrap");
+    harness_path(d.log, sizeof d.log, d.dir, "promptd.log");
+    harness_path(d.ckdir, sizeof d.ckdir, d.dir, "state");
+    harness_path(admin, sizeof admin, d.dir, "admin.sock");
+    harness_path(moved, sizeof moved, d.dir, "state.moved");
+    snprintf(sock, sizeof sock, "admin.socket=%s", admin);
+    const char *const extra[] = {"learner.checkpoint_every=0", "learner.batch_size=32", sock, NULL};
+    daemon_start(&d, extra);
+
+    json_t *first = simulate(&d, "500", "3");
+    json_decref(first);
+    double saved = metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} ");
+    cr_assert_gt(saved, 0, "no checkpoint before the fault");
+
+    cr_assert_eq(rename(d.ckdir, moved), 0);
+    FILE *f = fopen(d.ckdir, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+    json_t *second = simulate(&d, "1500", "4");
+    cr_expect_eq(number(second, "decisions"), 1500, "prompts went undecided without checkpoints");
+    json_decref(second);
+    cr_expect_gt(metric(admin, "\npromptd_checkpoints_total{result=\"error\"} "), 0);
+
+    char body[4096], err[256];
+    int status = 0;
+    cr_assert_eq(metrics_client_request(admin, "GET", "/healthz", 5000, &status, body, sizeof body,
+                                        err, sizeof err),
+                 0, "%s", err);
+    cr_expect_eq(status, 200, "degraded still serves: %d %s", status, body);
+    cr_expect(strstr(body, "degraded") && strstr(body, "checkpoints failing"), "%s", body);
+
+    char *log = harness_read_file(d.log, NULL);
+    cr_assert_not_null(log);
+    int failures = 0;
+    for (const char *at = log; (at = strstr(at, "<3>learner: checkpoint failed")); at++) failures++;
+    cr_expect_geq(failures, 1, "the failure was not logged at error level");
+    cr_expect_leq(failures, 12, "%d error lines: one per attempt is not rate-limited", failures);
+    free(log);
+
+    /* The directory back: the next checkpoints succeed and health recovers. */
+    unlink(d.ckdir);
+    cr_assert_eq(rename(moved, d.ckdir), 0);
+    json_t *third = simulate(&d, "300", "5");
+    json_decref(third);
+    cr_expect_gt(metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} "), saved);
+    cr_assert_eq(metrics_client_request(admin, "GET", "/healthz", 5000, &status, body, sizeof body,
+                                        err, sizeof err),
+                 0, "%s", err);
+    cr_expect_null(strstr(body, "checkpoints failing"), "%s", body);
+
+    proc_signal(&d.promptd, SIGTERM);
+    cr_expect_eq(proc_wait(&d.promptd, 30000), 0, "promptd did not stop cleanly");
+}
