@@ -90,7 +90,7 @@ typedef struct {
     uint64_t experiences; /* experiences learned from */
     uint64_t dropped_stale, dropped_unknown, dropped_full, dropped_bad;
     uint64_t checkpoints, checkpoint_errors;
-    bool checkpoint_failing; /* the last checkpoint attempt failed */
+    bool checkpoint_failing;                      /* the last checkpoint attempt failed */
     uint64_t head_tunes, tune_skips, tune_errors; /* online triplets: written, too few, failed */
     float kl, entropy, loss, mean_reward;         /* of the last update */
 } LearnerStats;
