@@ -954,5 +954,6 @@ size_t journal_expire(Journal *j, int64_t now_ms, Experience *out, size_t max) {
 JournalStats journal_stats(const Journal *j) {
     JournalStats s = j->stats;
     s.open = j->count;
+    s.redis_refusing = j->refused;
     return s;
 }

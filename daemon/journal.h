@@ -171,6 +171,7 @@ typedef struct {
     uint64_t redis_unavailable; /* reward events Redis could not join: ignored */
     uint64_t redis_errors;      /* error replies and failed round trips */
     uint64_t redis_lost;        /* entries nobody could learn: Redis dropped them first */
+    bool redis_refusing;        /* Redis answers the journal's writes with errors now */
 } JournalStats;
 
 JournalStats journal_stats(const Journal *j);

@@ -333,6 +333,14 @@ void observe_health(void *ctx, MetricsHealth *h) {
                            (double)silent / 1000);
     if (parts.redis_configured && parts.cache && !cache_stats(parts.cache).l2_up)
         metrics_health_add(h, METRICS_DEGRADED, "redis down (in-process fallback)");
+    pthread_mutex_lock(&shown.lock);
+    bool journal_refused = shown.journal.redis_refusing;
+    pthread_mutex_unlock(&shown.lock);
+    /* The journal writes for every decision, so its view is current; the cache's is not
+     * (a warm cache writes nothing). */
+    if (journal_refused)
+        metrics_health_add(h, METRICS_DEGRADED,
+                           "redis refusing writes (decisions wait for rewards in memory)");
     if (parts.learner && learner_stats(parts.learner).checkpoint_failing)
         metrics_health_add(h, METRICS_DEGRADED,
                            "checkpoints failing (the learned policy is not saved; see the log)");

@@ -356,3 +356,88 @@ Test(learning, an_unwritable_checkpoint_directory_does_not_stop_serving) {
     proc_signal(&d.promptd, SIGTERM);
     cr_expect_eq(proc_wait(&d.promptd, 30000), 0, "promptd did not stop cleanly");
 }
+
+/* Whether /healthz answers with text containing needle. */
+static bool health_says(const char *admin, const char *needle) {
+    char body[4096], err[256];
+    int status = 0;
+    return !metrics_client_request(admin, "GET", "/healthz", 5000, &status, body, sizeof body, err,
+                                   sizeof err) &&
+           strstr(body, needle);
+}
+
+/* Redis refusing writes (maxmemory reached, noeviction): prompts are still all decided, the
+ * journal keeps its decisions in memory (counted as fallbacks) and joins their rewards;
+ * once Redis has room again, new decisions are written to it. */
+Test(learning, redis_refusing_writes_degrades_and_recovers) {
+    const char *dir = harness_tmpdir();
+    char err[256], url[300], admin[600], log[600], prompts[600], rewards[600];
+    RedisServer redis;
+    MockBroker *broker = NULL;
+    const char *topics[] = {"promptd.prompts", "promptd.decisions", "promptd.dead-letters",
+                            TOPIC_REWARDS};
+    const int n = 300;
+    cr_assert_eq(rserver_start(&redis, NULL), 0, "redis-server did not start");
+    /* Data past a limit set afterwards: every write is refused, whatever its size. */
+    char *piece = calloc(256 << 10, 1);
+    for (int i = 0; i < 8; i++)
+        cr_assert(rserver_run(&redis, 0, "SET filler:%d %b", i, piece, (size_t)(256 << 10)));
+    free(piece);
+    cr_assert(rserver_run(&redis, 0, "CONFIG SET maxmemory-policy noeviction"));
+    cr_assert(rserver_run(&redis, 0, "CONFIG SET maxmemory 1mb"));
+    redisReply *refused = rserver_command(&redis, 0, "SET probe 1");
+    cr_assert(refused && refused->type == REDIS_REPLY_ERROR, "redis still takes writes: %s",
+              refused ? refused->str : "(no reply)");
+    freeReplyObject(refused);
+
+    cr_assert_eq(mockbroker_start(&broker, 1, topics, 4, 4, err, sizeof err), 0, "%s", err);
+    const char *bootstrap = mockbroker_bootstraps(broker);
+    rserver_url(&redis, 0, url, sizeof url);
+    snprintf(admin, sizeof admin, "%s/admin.sock", dir);
+    snprintf(log, sizeof log, "%s/promptd.log", dir);
+    Proc p;
+    start_with_redis(&p, dir, bootstrap, url, admin, log);
+
+    snprintf(prompts, sizeof prompts, "%s/prompts.tsv", dir);
+    cr_assert_eq(harness_write_prompts(prompts, "o-", n), 0);
+    kcat(bootstrap, "promptd.prompts", prompts);
+    long long end = harness_now_ms() + 60000;
+    while (metric(admin, "\npromptd_decisions_total ") < n && harness_now_ms() < end)
+        usleep(100000);
+    cr_expect_eq(metric(admin, "\npromptd_decisions_total "), n, "prompts undecided");
+    const char *fallbacks = "\npromptd_journal_redis_total{event=\"fallback\"} ";
+    end = harness_now_ms() + 20000;
+    while (metric(admin, fallbacks) <= 0 && harness_now_ms() < end) usleep(100000);
+    cr_expect_gt(metric(admin, fallbacks), 0, "the refused journal writes were not counted");
+    cr_expect(health_says(admin, "redis refusing writes"), "/healthz does not say so");
+
+    snprintf(rewards, sizeof rewards, "%s/rewards.tsv", dir);
+    FILE *f = fopen(rewards, "w");
+    for (int i = 0; i < n; i++)
+        fprintf(f, "o-%d\t{\"id\":\"o-%d\",\"resolved\":true,\"rating\":5}\n", i, i);
+    fclose(f);
+    kcat(bootstrap, TOPIC_REWARDS, rewards);
+    const char *joined = "\npromptd_reward_events_total{outcome=\"joined\"} ";
+    end = harness_now_ms() + 60000;
+    while (metric(admin, joined) < n && harness_now_ms() < end) usleep(100000);
+    cr_expect_eq(metric(admin, joined), n, "rewards of decisions kept in memory not joined");
+
+    /* Room again: the next decisions reach Redis. */
+    cr_assert(rserver_run(&redis, 0, "CONFIG SET maxmemory 0"));
+    double puts = metric(admin, "\npromptd_journal_redis_total{event=\"put\"} ");
+    cr_assert_eq(harness_write_prompts(prompts, "r-", n), 0);
+    kcat(bootstrap, "promptd.prompts", prompts);
+    end = harness_now_ms() + 60000;
+    while (metric(admin, "\npromptd_journal_redis_total{event=\"put\"} ") <= puts &&
+           harness_now_ms() < end)
+        usleep(100000);
+    cr_expect_gt(metric(admin, "\npromptd_journal_redis_total{event=\"put\"} "), puts,
+                 "no journal write reached Redis after it had room again");
+    cr_expect(!health_says(admin, "redis refusing"), "/healthz still degraded");
+
+    proc_signal(&p, SIGTERM);
+    cr_expect_eq(proc_wait(&p, 30000), 0);
+    mockbroker_stop(broker);
+    rserver_stop(&redis);
+    harness_cleanup();
+}
