@@ -519,6 +519,18 @@ Test(lua, runaway_loops_hit_the_instruction_budget) {
     expect_render_error("while true do pcall(error, 'x') end", "instruction budget exceeded");
 }
 
+/* An error raised inside a coroutine reaches the caller as the render's error, with its
+ * place; a coroutine that yields out of a render, or returns the wrong type, is refused. */
+Test(lua, errors_inside_coroutines_and_wrong_types_are_refused) {
+    expect_render_error("return coroutine.wrap(function() error('inner fault') end)()",
+                        "inner fault");
+    expect_render_error("local co = coroutine.create(function() local x = nil; return x.y end) "
+                        "local ok, e = coroutine.resume(co) error(e, 0)",
+                        "attempt to index");
+    expect_render_error("return coroutine.wrap(function() return {} end)()", "table");
+    expect_render_error("return 0/0", "number");
+}
+
 Test(lua, memory_and_string_bombs_are_stopped) {
     expect_render_error("return string.rep('x', 1 << 30)", "string.rep would build more");
     expect_render_error("local s = 'x' for i = 1, 40 do s = s .. s end return s",
