@@ -2,6 +2,7 @@
 #   make demo    run promptd on its embedded defaults with a simulated alarm stream
 #   make check   build everything and pass every test (also under ASan and UBSan)
 #   make bench   print the benchmark figures
+#   make fuzz    run each libFuzzer harness for FUZZ_SECONDS (default 600) seconds
 # check, demo and bench first install any missing Debian 12 package (make deps).
 
 PREFIX     ?= /usr/local
@@ -26,9 +27,11 @@ BUILD      ?= build
 DEBS_BUILD := gcc make pkg-config librdkafka-dev libjansson-dev libutf8proc-dev liblua5.4-dev \
               libxxhash-dev zlib1g-dev libopenblas-dev libhiredis-dev libmicrohttpd-dev
 DEBS_CHECK := libcriterion-dev kcat clang-format python3 redis-server systemd groff-base man-db \
-              python3-yaml python3-prometheus-client
+              python3-yaml python3-prometheus-client valgrind
 DEBS_BENCH := kcat redis-server redis-tools fasttext
-DEBS       := $(sort $(DEBS_BUILD) $(DEBS_CHECK) $(DEBS_BENCH))
+# libFuzzer: `make check` replays the fuzz seeds, `make fuzz` fuzzes.
+DEBS_FUZZ  := clang libclang-rt-dev
+DEBS       := $(sort $(DEBS_BUILD) $(DEBS_CHECK) $(DEBS_BENCH) $(DEBS_FUZZ))
 # PyTorch for the encoder benchmark and `make reference` only: `make check` needs no torch.
 DEBS_TORCH := python3-torch python3-numpy python3-xxhash
 
@@ -69,10 +72,10 @@ UNIT_BINS    := $(UNIT_TESTS:%=$(BUILD)/tests/test_%)
 UNIT_BINS_SAN := $(UNIT_TESTS:%=$(BUILD)/san/tests/test_%)
 INTEG_BINS   := $(INTEG_TESTS:%=$(BUILD)/tests/test_%)
 FORMAT_SRC   := $(wildcard daemon/*.[ch] $(KERNEL_SRC) $(KERNEL_SRC:.c=.h) tests/*.[ch] \
-                bench/*.[ch] tools/*.[ch])
+                bench/*.[ch] tools/*.[ch] fuzz/*.[ch])
 
-.PHONY: all deps deps-torch check check-unit check-integration check-format format demo bench \
-        install clean reference model
+.PHONY: all deps deps-torch check check-unit check-integration check-format check-fuzz format \
+        demo bench fuzz fuzz-run install clean reference model
 .DEFAULT_GOAL := all
 # Keep objects between runs: they are intermediate files of the pattern rules.
 .SECONDARY:
@@ -165,7 +168,7 @@ $(BUILD)/obj/tests/%.o: tests/%.c
 # --- tests ---
 
 check: deps
-	@$(MAKE) --no-print-directory check-format check-unit check-integration
+	@$(MAKE) --no-print-directory check-format check-unit check-integration check-fuzz
 	@echo "check: all tests passed"
 
 check-format:
@@ -189,9 +192,81 @@ check-integration: $(BUILD)/promptd $(BUILD)/promptctl $(MODEL) $(INTEG_BINS)
 	        || exit 1; \
 	done
 	@echo "== tests/test_systemd.sh"; bash tests/test_systemd.sh $(BUILD)
+	@echo "== tests/test_valgrind.sh"; sh tests/test_valgrind.sh $(BUILD)
 
 format:
 	clang-format -i $(FORMAT_SRC)
+
+# --- fuzzing ---
+# One libFuzzer harness per decoder of untrusted bytes (fuzz/fuzz_*.c). The library is built
+# again with clang, instrumented for coverage and sanitized, into an archive so that each
+# harness links only the objects it reaches. Seeds are committed in fuzz/corpus/<harness>/,
+# and inputs that once crashed in fuzz/regressions/<harness>/.
+
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 600
+FUZZERS      := message normalize config model checkpoint
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_CFLAGS   = $(WARN) -D_GNU_SOURCE -DPD_DATADIR='"$(datadir)/promptd"' -MMD -MP \
+                $(PKG_CFLAGS) $(CPPFLAGS) -g -O1 $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+FUZZ_LIB     := $(BUILD)/fuzz/libpromptd.a
+FUZZ_BINS    := $(FUZZERS:%=$(BUILD)/fuzz/fuzz_%)
+
+$(BUILD)/fuzz/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
+
+$(FUZZ_LIB): $(LIB_SRC:%.c=$(BUILD)/fuzz/obj/%.o)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/fuzz/fuzz_%: $(BUILD)/fuzz/obj/fuzz/fuzz_%.o $(FUZZ_LIB)
+	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer $(LDFLAGS) $^ $(ALL_LIBS) -o $@
+
+# Replays the seeds and the regressions without fuzzing: seconds, so `make check` runs it.
+check-fuzz: $(FUZZ_BINS)
+	@for f in $(FUZZERS); do \
+	    dirs=fuzz/corpus/$$f; \
+	    [ -d fuzz/regressions/$$f ] && dirs="$$dirs fuzz/regressions/$$f"; \
+	    n=$$(find $$dirs -type f | wc -l); \
+	    log=$(BUILD)/fuzz/replay-$$f.log; \
+	    if $(BUILD)/fuzz/fuzz_$$f -runs=0 -timeout=10 $$dirs >$$log 2>&1; then \
+	        echo "== fuzz_$$f: $$n inputs replayed"; \
+	    else \
+	        cat $$log; echo "check: fuzz_$$f fails on an input above"; \
+	        exit 1; \
+	    fi; \
+	done
+
+# Fuzzes a copy of the seeds in $(BUILD)/fuzz/corpus/<harness>/, which keeps what the runs
+# found interesting; a finding is written to $(BUILD)/fuzz/findings/<harness>/. The parser
+# looks every unknown key up in the whole table, which instrumentation makes slow (about 100
+# runs a second), so config inputs are kept to 4 kB rather than the 13 kB of the largest seed.
+FUZZ_OPTS_config := -max_len=4096
+
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-run
+
+fuzz-run: $(FUZZ_BINS)
+	@failed=""; for f in $(FUZZERS); do \
+	    corpus=$(BUILD)/fuzz/corpus/$$f findings=$(BUILD)/fuzz/findings/$$f; \
+	    log=$(BUILD)/fuzz/fuzz-$$f.log; \
+	    mkdir -p $$corpus $$findings; cp fuzz/corpus/$$f/* $$corpus/; \
+	    [ -d fuzz/regressions/$$f ] && cp fuzz/regressions/$$f/* $$corpus/; \
+	    case $$f in config) opts="$(FUZZ_OPTS_config)";; *) opts="";; esac; \
+	    $(BUILD)/fuzz/fuzz_$$f -max_total_time=$(FUZZ_SECONDS) -timeout=30 $$opts \
+	        -artifact_prefix=$$findings/ $$corpus >$$log 2>&1; rc=$$?; \
+	    runs=$$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' $$log); \
+	    if [ $$rc -eq 0 ]; then \
+	        echo "fuzz_$$f: $(FUZZ_SECONDS) s, $${runs:-?} runs," \
+	             "corpus $$(ls $$corpus | wc -l), no finding"; \
+	    else \
+	        why=$$(grep -m1 -E 'ERROR:|runtime error:' $$log); \
+	        echo "fuzz_$$f: FINDING (exit $$rc): $$why; input in $$findings/, log in $$log"; \
+	        failed="$$failed $$f"; \
+	    fi; \
+	done; \
+	[ -z "$$failed" ] || { echo "fuzz: findings in$$failed"; exit 1; }
 
 # --- running ---
 

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "journal.h"
 #include "log.h"
@@ -99,7 +100,7 @@ static const KeyDef keys[] = {
      "directory of the Lua helper library (empty: the shipped one)"},
     {"policy.watch", T_BOOL, "yes", 0, 1, true, F(policy_watch), NULL,
      "reload the pack when its files change (SIGHUP reloads it either way)"},
-    {"policy.seed", T_INT, "0", 0, INT64_MAX, false, F(policy_seed), NULL,
+    {"policy.seed", T_INT, "0", 0, (double)INT64_MAX, false, F(policy_seed), NULL,
      "seed of the template sampler (0: a random seed at each start)"},
     {"lua.memory", T_SIZE, "64mb", 1 * MB, 4096 * MB, true, F(lua_memory), NULL,
      "memory one pack's Lua state may hold"},
@@ -646,10 +647,18 @@ static int split_line(char *line, char **key, char **value, char *err, size_t er
     return 0;
 }
 
-static int load_file(Config *c, const char *path, int depth, ConfigOrigin from, ConfigErrors *errs);
+/* The files being read, innermost first: an include of one of them is a cycle. */
+typedef struct IncludeChain {
+    dev_t dev;
+    ino_t ino;
+    const struct IncludeChain *up;
+} IncludeChain;
+
+static int load_file(Config *c, const char *path, const IncludeChain *chain, int depth,
+                     ConfigOrigin from, ConfigErrors *errs);
 
 static void load_include(Config *c, const char *pattern, const char *including, ConfigOrigin origin,
-                         int depth, ConfigErrors *errs) {
+                         const IncludeChain *chain, int depth, ConfigErrors *errs) {
     char full[PATH_MAX];
     const char *slash = strrchr(including, '/');
     if (pattern[0] == '/' || !slash)
@@ -667,12 +676,13 @@ static void load_include(Config *c, const char *pattern, const char *including, 
         config_error(errs, origin, "include", "cannot expand '%s'", full);
     } else {
         for (size_t i = 0; i < g.gl_pathc; i++)
-            load_file(c, g.gl_pathv[i], depth + 1, origin, errs);
+            load_file(c, g.gl_pathv[i], chain, depth + 1, origin, errs);
     }
     globfree(&g);
 }
 
-static void load_line(Config *c, char *line, ConfigOrigin origin, int depth, ConfigErrors *errs) {
+static void load_line(Config *c, char *line, ConfigOrigin origin, const IncludeChain *chain,
+                      int depth, ConfigErrors *errs) {
     char err[512];
     char *key, *raw;
     if (split_line(line, &key, &raw, err, sizeof err)) {
@@ -691,17 +701,24 @@ static void load_line(Config *c, char *line, ConfigOrigin origin, int depth, Con
         return;
     }
     if (!strcmp(key, "include"))
-        load_include(c, value, origin.file, origin, depth, errs);
+        load_include(c, value, origin.file, origin, chain, depth, errs);
     else
         config_set(c, key, value, origin, errs);
     free(value);
 }
 
-static int load_file(Config *c, const char *path, int depth, ConfigOrigin from,
-                     ConfigErrors *errs) {
+static int load_file(Config *c, const char *path, const IncludeChain *chain, int depth,
+                     ConfigOrigin from, ConfigErrors *errs) {
     if (depth > INCLUDE_DEPTH_MAX) {
         config_error(errs, from, "include", "includes nest deeper than %d levels (a cycle?) at %s",
                      INCLUDE_DEPTH_MAX, path);
+        return -1;
+    }
+    /* Only regular files are included: a glob matching a FIFO or a device would block or
+     * read without end. (The top file may be anything the operator names, such as <(...).) */
+    struct stat kind;
+    if (depth && stat(path, &kind) == 0 && !S_ISREG(kind.st_mode)) {
+        config_error(errs, from, "include", "%s is not a regular file", path);
         return -1;
     }
     FILE *f = fopen(path, "r");
@@ -710,13 +727,29 @@ static int load_file(Config *c, const char *path, int depth, ConfigOrigin from,
                      strerror(errno));
         return -1;
     }
+    /* The depth limit alone lets a few "include *" lines that match their own file re-read
+     * it k^depth times (five such lines took minutes under fuzz/fuzz_config), so a file
+     * that is already being read is refused at once. */
+    struct stat st;
+    IncludeChain self = {0, 0, chain};
+    if (fstat(fileno(f), &st) == 0) {
+        self.dev = st.st_dev, self.ino = st.st_ino;
+        for (const IncludeChain *up = chain; up; up = up->up) {
+            if (up->dev == st.st_dev && up->ino == st.st_ino) {
+                config_error(errs, from, "include", "include cycle: %s is already being read",
+                             path);
+                fclose(f);
+                return -1;
+            }
+        }
+    }
 
     ConfigOrigin origin = {intern(c, path), 0};
     char *line = NULL;
     size_t cap = 0;
     while (getline(&line, &cap, f) >= 0) {
         origin.line++;
-        load_line(c, line, origin, depth, errs);
+        load_line(c, line, origin, &self, depth, errs);
     }
     if (ferror(f))
         config_error(errs, origin, "config", "read error on %s: %s", path, strerror(errno));
@@ -727,7 +760,7 @@ static int load_file(Config *c, const char *path, int depth, ConfigOrigin from,
 
 int config_load(Config *c, const char *path, ConfigErrors *errs) {
     int before = errs->count;
-    load_file(c, path, 0, (ConfigOrigin){path, 0}, errs);
+    load_file(c, path, NULL, 0, (ConfigOrigin){path, 0}, errs);
     return errs->count - before;
 }
 

@@ -153,14 +153,23 @@ Test(cli, hostile_values_are_refused_by_check) {
                   cases[i].says);
     }
 
-    /* An include that cannot be read (a directory) is named. */
+    /* An include that is not a regular file (a directory) is named. */
     char sub[600], line[700];
     harness_path(sub, sizeof sub, dir, "conf.d");
     mkdir(sub, 0755);
     snprintf(line, sizeof line, "include %s\n", sub);
     empty(err);
     cr_expect_eq(run((const char *[]){"--check", "--config", write_conf(line), NULL}), 78);
-    cr_expect(file_has(err, "read error on"));
+    cr_expect(file_has(err, "conf.d is not a regular file"));
+
+    /* Nor a FIFO, which would block the read forever. */
+    char fifo[600];
+    harness_path(fifo, sizeof fifo, dir, "fifo.conf");
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    snprintf(line, sizeof line, "include %s\n", fifo);
+    empty(err);
+    cr_expect_eq(run((const char *[]){"--check", "--config", write_conf(line), NULL}), 78);
+    cr_expect(file_has(err, "fifo.conf is not a regular file"));
 }
 
 Test(cli, a_missing_config_file_is_a_configuration_error) {

@@ -179,7 +179,28 @@ Test(config, environment_errors_are_refused) {
 Test(config, include_errors_are_refused) {
     expect_error("include missing.conf\n", "include: no such file");
     write_conf("loop.conf", "include loop.conf\n");
-    expect_error("include loop.conf\n", "nest deeper than 8 levels");
+    expect_error("include loop.conf\n", "include cycle: ");
+}
+
+/* Each file of a chain of ten includes the next: distinct files, so only depth stops it. */
+Test(config, include_depth_is_limited) {
+    for (int i = 0; i < 10; i++) {
+        char name[32], text[64];
+        snprintf(name, sizeof name, "chain%d.conf", i);
+        snprintf(text, sizeof text, "include chain%d.conf\n", i + 1);
+        write_conf(name, text);
+    }
+    write_conf("chain10.conf", "kafka.group.id end\n");
+    expect_error("include chain0.conf\n", "nest deeper than 8 levels");
+}
+
+/* Found while fuzzing: with only the depth limit, five lines that include their own file
+ * re-read it 5^9 times (minutes). A cycle is now refused at once, once per line. */
+Test(config, self_including_globs_are_refused_at_once, .timeout = 10) {
+    int n = load("include *.conf\ninclude *.conf\ninclude *.conf\ninclude *.conf\n"
+                 "include *.conf\n");
+    cr_expect_eq(n, 5, "%s", errs.text);
+    cr_expect(strstr(errs.text, "include cycle: "), "%s", errs.text);
 }
 
 Test(config, missing_file_is_an_error) {
