@@ -165,6 +165,25 @@ static double metric(const char *admin, const char *line_start) {
     return at ? strtod(at + strlen(line_start), NULL) : -1;
 }
 
+/* Polls a metric until it is at least min or timeout_ms passes; returns its last value. */
+static double metric_reaching(const char *admin, const char *line_start, double min,
+                              int timeout_ms) {
+    long long end = harness_now_ms() + timeout_ms;
+    double v;
+    while ((v = metric(admin, line_start)) < min && harness_now_ms() < end) usleep(100000);
+    return v;
+}
+
+/* A reward event for each of ids prefix0 .. prefix(n-1), keyed, as kcat -K reads them. */
+static void write_rewards(const char *path, const char *prefix, int n) {
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < n; i++)
+        fprintf(f, "%s%d\t{\"id\":\"%s%d\",\"resolved\":true,\"rating\":5}\n", prefix, i, prefix,
+                i);
+    fclose(f);
+}
+
 static void start_with_redis(Proc *p, const char *dir, const char *bootstrap, const char *url,
                              const char *admin, const char *log) {
     char sets[5][700];
@@ -206,9 +225,7 @@ Test(learning, rewards_join_decisions_of_a_previous_run_through_redis) {
     snprintf(prompts, sizeof prompts, "%s/prompts.tsv", dir);
     cr_assert_eq(harness_write_prompts(prompts, "j-", n), 0);
     kcat(bootstrap, "promptd.prompts", prompts);
-    long long end = harness_now_ms() + 60000;
-    while (metric(admin, "\npromptd_decisions_total ") < n && harness_now_ms() < end)
-        usleep(100000);
+    metric_reaching(admin, "\npromptd_decisions_total ", n, 60000);
     cr_assert_eq(metric(admin, "\npromptd_decisions_total "), n, "the first run decided less");
     proc_signal(&first, SIGTERM);
     cr_assert_eq(proc_wait(&first, 30000), 0);
@@ -217,14 +234,10 @@ Test(learning, rewards_join_decisions_of_a_previous_run_through_redis) {
     Proc second;
     start_with_redis(&second, dir, bootstrap, url, admin, log);
     snprintf(rewards, sizeof rewards, "%s/rewards.tsv", dir);
-    FILE *f = fopen(rewards, "w");
-    for (int i = 0; i < n; i++)
-        fprintf(f, "j-%d\t{\"id\":\"j-%d\",\"resolved\":true,\"rating\":5}\n", i, i);
-    fclose(f);
+    write_rewards(rewards, "j-", n);
     kcat(bootstrap, TOPIC_REWARDS, rewards);
     const char *joined = "\npromptd_reward_events_total{outcome=\"joined\"} ";
-    end = harness_now_ms() + 60000;
-    while (metric(admin, joined) < n && harness_now_ms() < end) usleep(100000);
+    metric_reaching(admin, joined, n, 60000);
     cr_expect_eq(metric(admin, joined), n, "rewards for the previous run's decisions not joined");
     cr_expect_eq(metric(admin, "\npromptd_reward_events_total{outcome=\"unknown\"} "), 0);
 
@@ -401,25 +414,18 @@ Test(learning, redis_refusing_writes_degrades_and_recovers) {
     snprintf(prompts, sizeof prompts, "%s/prompts.tsv", dir);
     cr_assert_eq(harness_write_prompts(prompts, "o-", n), 0);
     kcat(bootstrap, "promptd.prompts", prompts);
-    long long end = harness_now_ms() + 60000;
-    while (metric(admin, "\npromptd_decisions_total ") < n && harness_now_ms() < end)
-        usleep(100000);
+    metric_reaching(admin, "\npromptd_decisions_total ", n, 60000);
     cr_expect_eq(metric(admin, "\npromptd_decisions_total "), n, "prompts undecided");
     const char *fallbacks = "\npromptd_journal_redis_total{event=\"fallback\"} ";
-    end = harness_now_ms() + 20000;
-    while (metric(admin, fallbacks) <= 0 && harness_now_ms() < end) usleep(100000);
+    metric_reaching(admin, fallbacks, 1, 20000);
     cr_expect_gt(metric(admin, fallbacks), 0, "the refused journal writes were not counted");
     cr_expect(health_says(admin, "redis refusing writes"), "/healthz does not say so");
 
     snprintf(rewards, sizeof rewards, "%s/rewards.tsv", dir);
-    FILE *f = fopen(rewards, "w");
-    for (int i = 0; i < n; i++)
-        fprintf(f, "o-%d\t{\"id\":\"o-%d\",\"resolved\":true,\"rating\":5}\n", i, i);
-    fclose(f);
+    write_rewards(rewards, "o-", n);
     kcat(bootstrap, TOPIC_REWARDS, rewards);
     const char *joined = "\npromptd_reward_events_total{outcome=\"joined\"} ";
-    end = harness_now_ms() + 60000;
-    while (metric(admin, joined) < n && harness_now_ms() < end) usleep(100000);
+    metric_reaching(admin, joined, n, 60000);
     cr_expect_eq(metric(admin, joined), n, "rewards of decisions kept in memory not joined");
 
     /* Room again: the next decisions reach Redis. */
@@ -427,12 +433,9 @@ Test(learning, redis_refusing_writes_degrades_and_recovers) {
     double puts = metric(admin, "\npromptd_journal_redis_total{event=\"put\"} ");
     cr_assert_eq(harness_write_prompts(prompts, "r-", n), 0);
     kcat(bootstrap, "promptd.prompts", prompts);
-    end = harness_now_ms() + 60000;
-    while (metric(admin, "\npromptd_journal_redis_total{event=\"put\"} ") <= puts &&
-           harness_now_ms() < end)
-        usleep(100000);
-    cr_expect_gt(metric(admin, "\npromptd_journal_redis_total{event=\"put\"} "), puts,
-                 "no journal write reached Redis after it had room again");
+    cr_expect_gt(
+        metric_reaching(admin, "\npromptd_journal_redis_total{event=\"put\"} ", puts + 1, 60000),
+        puts, "no journal write reached Redis after it had room again");
     cr_expect(!health_says(admin, "redis refusing"), "/healthz still degraded");
 
     proc_signal(&p, SIGTERM);
