@@ -75,7 +75,7 @@ FORMAT_SRC   := $(wildcard daemon/*.[ch] $(KERNEL_SRC) $(KERNEL_SRC:.c=.h) tests
                 bench/*.[ch] tools/*.[ch] fuzz/*.[ch])
 
 .PHONY: all deps deps-torch check check-unit check-integration check-format check-fuzz format \
-        demo bench fuzz fuzz-run install clean reference model
+        demo bench fuzz fuzz-run soak install clean reference model
 .DEFAULT_GOAL := all
 # Keep objects between runs: they are intermediate files of the pattern rules.
 .SECONDARY:
@@ -115,6 +115,14 @@ $(BUILD)/promptd: $(BUILD)/obj/daemon/main.o $(LIB_OBJ)
 
 $(BUILD)/promptctl: $(CTL:%=$(BUILD)/obj/daemon/%.o) $(LIB_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
+
+# The same two, under AddressSanitizer and UndefinedBehaviorSanitizer, for the integration
+# tests.
+$(BUILD)/san/promptd: $(BUILD)/san/daemon/main.o $(LIB_OBJ_SAN)
+	$(CC) $(SANITIZE) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
+
+$(BUILD)/san/promptctl: $(CTL:%=$(BUILD)/san/daemon/%.o) $(LIB_OBJ_SAN)
+	$(CC) $(SANITIZE) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
 
 # The seeded random model that the encoder tests and references start from: 40 MB,
 # generated rather than committed, the same bytes everywhere.
@@ -186,10 +194,19 @@ check-unit: $(UNIT_BINS) $(UNIT_BINS_SAN)
 	        echo "check: $$t: sanitizer report above"; exit 1; fi; \
 	done
 
-check-integration: $(BUILD)/promptd $(BUILD)/promptctl $(MODEL) $(INTEG_BINS)
+# The integration tests run the sanitized promptd and promptctl; their reports go to files
+# (a process killed later would lose them on stderr), and any report fails the check.
+SAN_REPORTS := $(BUILD)/san-reports
+check-integration: $(BUILD)/promptd $(BUILD)/san/promptd $(BUILD)/san/promptctl $(MODEL) \
+                   $(INTEG_BINS)
+	@rm -rf $(SAN_REPORTS); mkdir -p $(SAN_REPORTS)
 	@for t in $(INTEG_BINS); do \
-	    echo "== $$t"; PROMPTD=$(BUILD)/promptd PROMPTCTL=$(BUILD)/promptctl $$t --jobs 1 \
-	        || exit 1; \
+	    echo "== $$t (promptd under ASan and UBSan)"; \
+	    ASAN_OPTIONS=log_path=$(abspath $(SAN_REPORTS))/asan \
+	    UBSAN_OPTIONS=log_path=$(abspath $(SAN_REPORTS))/ubsan:print_stacktrace=1 \
+	    PROMPTD=$(BUILD)/san/promptd PROMPTCTL=$(BUILD)/san/promptctl $$t --jobs 1 || exit 1; \
+	    if [ -n "$$(ls $(SAN_REPORTS))" ]; then \
+	        cat $(SAN_REPORTS)/*; echo "check: $$t: sanitizer reports above"; exit 1; fi; \
 	done
 	@echo "== tests/test_systemd.sh"; bash tests/test_systemd.sh $(BUILD)
 	@echo "== tests/test_valgrind.sh"; sh tests/test_valgrind.sh $(BUILD)
@@ -267,6 +284,17 @@ fuzz-run: $(FUZZ_BINS)
 	    fi; \
 	done; \
 	[ -z "$$failed" ] || { echo "fuzz: findings in$$failed"; exit 1; }
+
+# --- soak ---
+
+# SOAK_MINUTES (default 30) at half the measured maximum, with reloads and a Redis restart;
+# prints a table and fails on a lost prompt, memory growth or a descriptor leak.
+$(BUILD)/tests/soak: $(BUILD)/obj/tests/soak.o $(TEST_OBJ) $(LIB_OBJ)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
+
+soak: deps
+	@$(MAKE) --no-print-directory $(BUILD)/promptd $(MODEL) $(BUILD)/tests/soak
+	@$(BUILD)/tests/soak $(BUILD)/promptd
 
 # --- running ---
 

@@ -213,8 +213,14 @@ static int parse(const char *path, const unsigned char *data, size_t len, const 
         return fail(err, errlen, path, why);
     }
 
-    Checkpoint ck = {get_u64(data + 8), get_u64(data + 16), {0},           get_u64(data + 24),
-                     malloc(4 * n),     malloc(4 * n),      malloc(4 * n), n};
+    Checkpoint ck = {.policy_version = get_u64(data + 8),
+                     .model_id = get_u64(data + 16),
+                     .step = get_u64(data + 24),
+                     .params = malloc(4 * n),
+                     .m = malloc(4 * n),
+                     .v = malloc(4 * n),
+                     .nparams = n,
+                     .crc = stored};
     if (!ck.params || !ck.m || !ck.v) {
         checkpoint_free(&ck);
         return fail(err, errlen, path, "out of memory");

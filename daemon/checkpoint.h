@@ -27,6 +27,7 @@ typedef struct {
     float *m;
     float *v;
     size_t nparams;
+    uint32_t crc; /* set by loading: the file's CRC-32, for the log to name what was loaded */
 } Checkpoint;
 
 /* Writes ck into dir as policy-<version>.ckpt, atomically, then removes all but the keep

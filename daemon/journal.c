@@ -35,7 +35,9 @@
 
 /* KEYS: entry, index. ARGV: id, decision, record, made, deadline, ttl, mn, mf, ml, ms, mx,
  * token. The same decision (same token) already there: only memory's events are set
- * (merged); closed there: nothing (closed); a newer decision for the id: nothing (newer).
+ * (merged); closed there: nothing (closed, or redecided when another decision for the id
+ * closed: its reward was learned, and a re-delivered prompt must not learn it again); a
+ * newer decision for the id: nothing (newer).
  * Otherwise the entry is written whole (stored, or replaced when an older decision for
  * the id was open). The first write is HSET, a deny-oom command, so that a Redis out of
  * memory refuses the script before it changes anything. */
@@ -43,8 +45,10 @@ static const char PUT_SCRIPT[] =
     "local k, made = KEYS[1], ARGV[4]\n"
     "local h = redis.call('HMGET', k, 'c', 'm', 'u')\n"
     "local res = 'stored'\n"
-    "if h[1] and h[3] == ARGV[12] then\n"
-    "  if h[1] ~= '0' then return 'closed' end\n"
+    "if h[1] and h[1] ~= '0' then\n"
+    "  if h[3] == ARGV[12] then return 'closed' end\n"
+    "  return 'redecided'\n"
+    "elseif h[1] and h[3] == ARGV[12] then\n"
     "  res = 'merged'\n"
     "elseif h[1] == '0' then\n"
     "  if tonumber(h[2]) > tonumber(made) then return 'newer' end\n"
@@ -574,6 +578,9 @@ static void settle_put(Journal *j, Entry *e, const redisReply *r) {
         unsent_remove(j, e);
         int64_t due = e->made_ms + j->cfg.window_ms + 1;
         if (due < j->scan_at_ms) j->scan_at_ms = due;
+    } else if (reply_is(r, "redecided")) {
+        j->stats.redecided++;
+        discard(j, e);
     } else if (newer || reply_is(r, "closed")) {
         discard(j, e); /* superseded, or closed there by another instance */
     } else {
@@ -892,7 +899,14 @@ int journal_put(Journal *j, const char *id, size_t id_len, const char *decision,
 
     /* A second decision for an id (a re-delivered prompt): the newer one is the one whose
      * reward will come; the older is closed without a reward and not learned. In Redis
-     * the newer one's write replaces it. */
+     * the newer one's write replaces it. When the first one has closed already, its reward
+     * was learned: the second is not journaled, so that the re-read reward event finds it
+     * closed instead of learning again. */
+    if (hashmap_get(&j->closed, e->hash)) {
+        j->stats.redecided++;
+        entry_free(e);
+        return 0;
+    }
     Entry *old = find_open(j, id, id_len);
     if (hashmap_put(&j->open, e->hash, e)) {
         entry_free(e);
@@ -903,7 +917,6 @@ int journal_put(Journal *j, const char *id, size_t id_len, const char *decision,
         e->replace_counted = true;
         discard(j, old);
     }
-    hashmap_remove(&j->closed, e->hash);
     e->prev = j->tail;
     if (j->tail)
         j->tail->next = e;
@@ -929,6 +942,17 @@ JoinResult journal_reward(Journal *j, const char *id, size_t id_len, double r, i
                           Experience *out) {
     Look look = look_take(j, id, id_len);
     Entry *e = find_open(j, id, id_len);
+
+    /* An event for a decision not yet written to Redis (it came within the write's batch):
+     * write it first, so that Redis closes it. Closed in memory only, a crash before the
+     * next write would forget the close, and the event read again after the restart could
+     * be joined to the re-delivered prompt's decision and learned twice. While Redis is
+     * unavailable or refusing, memory closes it: that window stays open (see journal.h). */
+    for (int round = 0; e && !e->in_redis && j->link && !j->refused && round < 4; round++) {
+        if (!redis_link_stats(j->link).up) break;
+        redis_sync(j, now_ms, NULL, 0);
+        e = find_open(j, id, id_len);
+    }
     if (e) return e->in_redis ? join_copy(j, e, r, now_ms, out) : join_memory(j, e, r, now_ms, out);
     if (hashmap_get(&j->closed, id_hash(id, id_len))) {
         j->stats.late++;

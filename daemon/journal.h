@@ -54,6 +54,12 @@
  * - Events joined in memory during an outage to an entry that another instance closes
  *   meanwhile are not learned; and when events were joined both in memory and in Redis,
  *   which came first is not known (memory's are taken as the earlier, for first/last).
+ * - A decision closed in memory (Redis down or refusing when its reward came) is not known
+ *   closed to Redis: if promptd is killed before Redis takes it, the re-delivered prompt
+ *   is decided and journaled again, and the reward event read again is learned a second
+ *   time. While Redis answers, an event for a decision not yet written writes it first
+ *   (journal_reward), so that only an outage opens this window. Lifting it needs the
+ *   rewards topic paused while Redis is unavailable, as above.
  * - A reward for another instance's decision costs two round trips (journal_decision,
  *   then journal_reward), because the reward function needs the decision before the join.
  * - The scripts name keys they build from ids, so Redis Cluster is not supported (hiredis
@@ -153,15 +159,16 @@ JoinResult journal_reward(Journal *j, const char *id, size_t id_len, double r, i
 size_t journal_expire(Journal *j, int64_t now_ms, Experience *out, size_t max);
 
 typedef struct {
-    size_t open;       /* entries in memory, copies of Redis entries included */
-    uint64_t joined;   /* reward events joined to an open entry */
-    uint64_t closed;   /* entries closed with at least one event */
-    uint64_t expired;  /* entries closed with no event (default reward or dropped) */
-    uint64_t dropped;  /* of those, dropped by reward.default drop */
-    uint64_t late;     /* events for entries already closed */
-    uint64_t unknown;  /* events for ids never seen */
-    uint64_t evicted;  /* entries closed early because memory was full */
-    uint64_t replaced; /* entries superseded by a new decision for the same id */
+    size_t open;        /* entries in memory, copies of Redis entries included */
+    uint64_t joined;    /* reward events joined to an open entry */
+    uint64_t closed;    /* entries closed with at least one event */
+    uint64_t expired;   /* entries closed with no event (default reward or dropped) */
+    uint64_t dropped;   /* of those, dropped by reward.default drop */
+    uint64_t late;      /* events for entries already closed */
+    uint64_t unknown;   /* events for ids never seen */
+    uint64_t evicted;   /* entries closed early because memory was full */
+    uint64_t replaced;  /* entries superseded by a new decision for the same id */
+    uint64_t redecided; /* decisions for ids already closed: not journaled (learned once) */
 
     bool redis_enabled;         /* a link was given */
     uint64_t redis_open;        /* ids in the shared Redis index at the last scan */

@@ -61,7 +61,8 @@ typedef struct Resend {
 
 struct Kafka {
     rd_kafka_t *consumer;
-    rd_kafka_queue_t *queue; /* the consumer's queue, read a batch at a time */
+    rd_kafka_queue_t *queue;   /* the consumer's queue, read a batch at a time */
+    rd_kafka_queue_t *rewards; /* the reward partitions' messages, read before prompts */
     rd_kafka_t *producer;
     rd_kafka_topic_t *out[KAFKA_OUTPUT_COUNT];
     Input in[KAFKA_INPUT_COUNT];
@@ -236,6 +237,7 @@ int kafka_open(Kafka **out, const Config *c, const char *brokers, char *err, siz
     rd_kafka_set_log_queue(k->producer, NULL);
     rd_kafka_poll_set_consumer(k->consumer);
     k->queue = rd_kafka_queue_get_consumer(k->consumer);
+    if (k->in[KAFKA_REWARDS].topic) k->rewards = rd_kafka_queue_new(k->consumer);
 
     k->out[KAFKA_DECISIONS] = rd_kafka_topic_new(k->producer, c->topic_decisions, NULL);
     k->out[KAFKA_DEAD_LETTERS] = rd_kafka_topic_new(k->producer, c->topic_dead_letters, NULL);
@@ -260,6 +262,7 @@ void kafka_reconfigure(Kafka *k, const Config *c) {
 void kafka_close(Kafka *k) {
     if (!k) return;
     if (k->queue) rd_kafka_queue_destroy(k->queue);
+    if (k->rewards) rd_kafka_queue_destroy(k->rewards);
     if (k->consumer) {
         /* Runs the revoke callback: outputs are flushed and stored offsets committed. */
         rd_kafka_resp_err_t rc = rd_kafka_consumer_close(k->consumer);
@@ -547,6 +550,24 @@ size_t kafka_drain(Kafka *k, int timeout_ms) {
 
 /* --- consuming --- */
 
+/* Reward partitions get a queue of their own, read before the consumer's. In one shared
+ * queue a backlog of prompts (after an outage, or at a restart) stands in front of the
+ * reward events, which then wait for all of it: past their reward window, or past a
+ * crash that makes them be read again. The forwarding stays through later assignments
+ * (librdkafka no longer routes a forwarded partition to the consumer's queue); setting it
+ * again on each assignment covers partitions new to this member. */
+static void route_rewards(Kafka *k, const rd_kafka_topic_partition_list_t *parts) {
+    if (!k->rewards) return;
+    for (int i = 0; i < parts->cnt; i++) {
+        if (input_named(k, parts->elems[i].topic) != &k->in[KAFKA_REWARDS]) continue;
+        rd_kafka_queue_t *q = rd_kafka_queue_get_partition(k->consumer, parts->elems[i].topic,
+                                                           parts->elems[i].partition);
+        if (!q) continue;
+        rd_kafka_queue_forward(q, k->rewards);
+        rd_kafka_queue_destroy(q);
+    }
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     Kafka *k = opaque;
@@ -559,6 +580,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_incremental_assign(rk, parts);
         else
             rd_kafka_assign(rk, parts);
+        route_rewards(k, parts);
         if (k->paused) rd_kafka_pause_partitions(rk, parts);
         return;
     }
@@ -610,9 +632,16 @@ static int consumer_event(Kafka *k, rd_kafka_message_t *m, char *err, size_t err
 
 int kafka_poll_batch(Kafka *k, rd_kafka_message_t **msgs, int max, int wait_ms, char *err,
                      size_t errlen) {
-    /* One call takes the batch: it waits up to wait_ms for max messages and serves the
+    /* Reward events first, without waiting; then one call fills the batch from the
+     * consumer's queue: it waits up to wait_ms when there was no reward, and serves the
      * rebalance, error and log callbacks queued meanwhile. */
-    ssize_t got = rd_kafka_consume_batch_queue(k->queue, wait_ms, msgs, (size_t)max);
+    ssize_t got = k->rewards ? rd_kafka_consume_batch_queue(k->rewards, 0, msgs, (size_t)max) : 0;
+    if (got >= 0 && got < max) {
+        ssize_t more = rd_kafka_consume_batch_queue(k->queue, got ? 0 : wait_ms, msgs + got,
+                                                    (size_t)(max - got));
+        if (more < 0) kafka_release(msgs, (int)got);
+        got = more < 0 ? more : got + more;
+    }
     if (got < 0) {
         snprintf(err, errlen, "consumer: %s", rd_kafka_err2str(rd_kafka_last_error()));
         return PD_EFATAL;

@@ -192,7 +192,7 @@ static void write_checkpoint(Learner *l) {
     char err[PATH_MAX + 256];
     if (!l->cfg.checkpoint_dir[0]) return;
     Checkpoint ck = {l->version, l->cfg.model_id, {0}, (uint64_t)l->adam.step, l->params, l->m,
-                     l->v,       l->nparams};
+                     l->v,       l->nparams,      0};
     snprintf(ck.layout, sizeof ck.layout, "%s", l->layout);
 
     if (checkpoint_write(l->cfg.checkpoint_dir, &ck, l->cfg.checkpoint_keep, err, sizeof err)) {
@@ -253,8 +253,9 @@ static int restore(Learner *l, char *err, size_t errlen) {
     memcpy(l->v, ck.v, l->nparams * sizeof(float));
     l->adam.step = (long)ck.step;
     l->version = ck.policy_version;
-    pd_log(PD_LOG_NOTICE, PD_MOD_LEARNER, "restored policy version %" PRIu64 " from %s", l->version,
-           l->cfg.checkpoint_dir);
+    pd_log(PD_LOG_NOTICE, PD_MOD_LEARNER,
+           "restored policy version %" PRIu64 " from %s (crc32 %08" PRIx32 ")", l->version,
+           l->cfg.checkpoint_dir, ck.crc);
     checkpoint_free(&ck);
     return 0;
 }

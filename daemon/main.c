@@ -710,11 +710,15 @@ int main(int argc, char **argv) {
     Service s;
     ConfigErrors errs = {0};
     memset(&s, 0, sizeof s);
-    if (parse_options(argc, argv, &s.opts)) return PD_EXIT_USAGE;
+    if (parse_options(argc, argv, &s.opts)) {
+        free(s.opts.overrides);
+        return PD_EXIT_USAGE;
+    }
 
     if (load_config(&s.config, &s.opts, &errs)) {
         fputs(errs.text, stderr);
         config_free(&s.config);
+        free(s.opts.overrides);
         return PD_EXIT_CONFIG;
     }
     if (s.opts.check) {

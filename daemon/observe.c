@@ -220,6 +220,11 @@ static void render_rewards(MetricsWriter *w, const JournalStats *j, double mean)
                     "Decisions whose reward window closed with no event.", (double)j->expired);
     metrics_counter(w, "promptd_journal_evicted_total",
                     "Decisions closed early because the journal was full.", (double)j->evicted);
+    metrics_family(w, "promptd_journal_redecided_total", METRICS_COUNTER,
+                   "Decisions for an id that already had one (a re-delivered prompt): "
+                   "replacing the open one, or not journaled because the first had closed.");
+    metrics_value1(w, "first", "open", (double)j->replaced);
+    metrics_value1(w, "first", "closed", (double)j->redecided);
     metrics_gauge(w, "promptd_reward_mean", "Mean of the last 1000 rewards learned from.", mean);
 }
 

@@ -48,24 +48,26 @@ char *pd_xstrdup(const char *s) {
 #define PD_DATADIR "/usr/local/share/promptd"
 #endif
 
-/* A binary in <tree>/build/ serves the data of <tree>, so that a fresh checkout runs
- * without installing anything. */
+/* A binary in <tree>/build/ (or build/san/, the sanitized one) serves the data of <tree>,
+ * so that a fresh checkout runs without installing anything. */
 static bool in_source_tree(char *dir, size_t len) {
     char exe[PATH_MAX], probe[PATH_MAX + 32];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) return false;
     exe[n] = 0;
 
-    for (int up = 0; up < 2; up++) {
+    for (int up = 0; up < 3; up++) {
         char *slash = strrchr(exe, '/');
         if (!slash) return false;
         *slash = 0;
+        struct stat st;
+        snprintf(probe, sizeof probe, "%s/policies", exe);
+        if (up > 0 && !stat(probe, &st) && S_ISDIR(st.st_mode)) {
+            snprintf(dir, len, "%s", exe);
+            return true;
+        }
     }
-    struct stat st;
-    snprintf(probe, sizeof probe, "%s/policies", exe);
-    if (stat(probe, &st) || !S_ISDIR(st.st_mode)) return false;
-    snprintf(dir, len, "%s", exe);
-    return true;
+    return false;
 }
 
 const char *pd_datadir(void) {

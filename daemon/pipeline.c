@@ -528,8 +528,19 @@ static int stage_produce(Pipeline *p, Slot *slots, int n, char *err, size_t errl
 
 /* --- rewards --- */
 
+/* One debug line per experience, naming its id: what a crash test counts to prove that no
+ * reward is learned twice across restarts. */
+static void log_experience(const Experience *e) {
+    json_t *d = json_loads(e->decision, 0, NULL);
+    const char *id = json_string_value(json_object_get(d, "id"));
+    pd_log_write(PD_LOG_DEBUG, PD_MOD_LEARNER, "experience id=%s reward=%g events=%u",
+                 id ? id : "?", e->reward, e->events);
+    json_decref(d);
+}
+
 static void submit(Pipeline *p, Experience *e) {
     observe_reward(e->reward);
+    if (pd_log_enabled(PD_LOG_DEBUG, PD_MOD_LEARNER)) log_experience(e);
     if (p->parts.learn) {
         learner_submit(p->parts.learner, e);
     } else {

@@ -253,7 +253,7 @@ const char *harness_promptd(void) {
 
 /* --- realistic prompts --- */
 
-int harness_write_prompts(const char *path, const char *prefix, int n) {
+void harness_prompt_text(char *text, size_t len, int i) {
     static const char *const templates[] = {
         "WTG-%02d gearbox bearing temperature %d C above limit",
         "CRAC unit %d return air %d.%dC high, rack row B",
@@ -262,11 +262,15 @@ int harness_write_prompts(const char *path, const char *prefix, int n) {
         "PDU %d branch circuit %d overcurrent 16.%dA",
         "core switch 10.0.%d.%d BGP session down",
     };
+    snprintf(text, len, templates[i % 6], i % 40 + 1, 60 + i % 37, i % 10);
+}
+
+int harness_write_prompts(const char *path, const char *prefix, int n) {
     FILE *f = fopen(path, "w");
     if (!f) return -1;
     for (int i = 0; i < n; i++) {
         char text[256];
-        snprintf(text, sizeof text, templates[i % 6], i % 40 + 1, 60 + i % 37, i % 10);
+        harness_prompt_text(text, sizeof text, i);
         fprintf(f, "%s%d\t{\"id\":\"%s%d\",\"text\":\"%s\",\"session\":\"s%d\"}\n", prefix, i,
                 prefix, i, text, i % 97);
     }

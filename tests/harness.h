@@ -82,6 +82,9 @@ const char *harness_promptd(void);
  * text. Returns 0 or -1. */
 int harness_write_prompts(const char *path, const char *prefix, int n);
 
+/* The alarm text of prompt i, as harness_write_prompts writes it. */
+void harness_prompt_text(char *text, size_t len, int i);
+
 /* Monotonic milliseconds. */
 long long harness_now_ms(void);
 

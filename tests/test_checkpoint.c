@@ -31,7 +31,7 @@ static void write_version(uint64_t version, float base) {
     enum { N = 1000 };
     static float p[N], m[N], v[N];
     for (int i = 0; i < N; i++) p[i] = base + (float)i, m[i] = -(float)i, v[i] = 0.5f * (float)i;
-    Checkpoint ck = {version, 0xabcdef, "policy/1 D=144", 7 * version, p, m, v, N};
+    Checkpoint ck = {version, 0xabcdef, "policy/1 D=144", 7 * version, p, m, v, N, 0};
     char err[600];
     cr_assert_eq(checkpoint_write(dir, &ck, 3, err, sizeof err), 0, "%s", err);
 }
@@ -135,7 +135,7 @@ Test(checkpoint, a_crash_during_the_write_keeps_the_old_one) {
 }
 
 Test(checkpoint, an_unwritable_directory_is_a_clear_error) {
-    Checkpoint ck = {1, 0, "x", 0, (float[]){1}, (float[]){1}, (float[]){1}, 1};
+    Checkpoint ck = {1, 0, "x", 0, (float[]){1}, (float[]){1}, (float[]){1}, 1, 0};
     char err[600];
     cr_expect_eq(checkpoint_write("/nonexistent/dir", &ck, 3, err, sizeof err), -1);
     cr_expect(strstr(err, "cannot create /nonexistent/dir/policy-"), "%s", err);

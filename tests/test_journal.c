@@ -138,6 +138,24 @@ Test(journal, a_redecided_prompt_keeps_the_newer_decision) {
     cr_expect_eq(journal_stats(j).replaced, 1);
 }
 
+/* After a crash the prompt and its reward event are both read again: the re-read event
+ * must not teach the policy a second time through the second decision. */
+Test(journal, a_prompt_redecided_after_its_reward_closed_is_not_learned_again) {
+    Experience e;
+    open_with(JOURNAL_FIRST, false, 100);
+    put("a", 0);
+    cr_assert_eq(reward("a", 2, 10, &e), JOIN_CLOSED);
+    experience_free(&e);
+
+    put("a", 20);
+    cr_expect_null(journal_decision(j, "a", 1), "the second decision is not journaled");
+    cr_expect_eq(reward("a", 2, 30, &e), JOIN_LATE, "the re-read event is late");
+    cr_expect_eq(journal_expire(j, 5000, &e, 1), 0, "nothing more to learn");
+    JournalStats s = journal_stats(j);
+    cr_expect(s.redecided == 1 && s.closed == 1 && s.open == 0, "redecided %llu closed %llu",
+              (unsigned long long)s.redecided, (unsigned long long)s.closed);
+}
+
 Test(journal, many_entries_stay_consistent) {
     enum { N = 20000 };
     Experience e[64];
@@ -354,6 +372,42 @@ Test(redis, joins_a_reward_through_redis) {
     cr_expect_eq(reply_int(rserver_command(&srv, 0, "ZCARD " PREFIX "jdue")), 1, "b waits");
     s = journal_stats(a);
     cr_expect(s.joined == 1 && s.closed == 1 && s.late == 1 && s.unknown == 1 && s.open == 1);
+}
+
+/* The same across a restart: the new process knows of the closed entry only through
+ * Redis, whose put script refuses to open it again. */
+Test(redis, a_prompt_redecided_after_a_restart_is_not_learned_again) {
+    Journal *a = instance(0, JOURNAL_FIRST, false, 0);
+    rput(a, "a", 0);
+    flush(a, 10);
+    cr_assert_eq(rreward(a, "a", 1, 20, NULL), JOIN_CLOSED);
+
+    Journal *b = instance(1, JOURNAL_FIRST, false, 0);
+    rput(b, "a", 30);
+    flush(b, 40);
+    cr_expect_eq(rreward(b, "a", 1, 50, NULL), JOIN_LATE, "the re-read event is late");
+    cr_expect_eq(drain(b, 5000, NULL, 0), 0, "nothing more to learn");
+    JournalStats s = journal_stats(b);
+    cr_expect(s.redecided == 1 && s.open == 0, "redecided %llu open %zu",
+              (unsigned long long)s.redecided, s.open);
+    cr_expect(reply_str_is(rserver_command(&srv, 0, "HGET " PREFIX "j:a c"), "1"),
+              "the tombstone stays");
+}
+
+/* A reward that comes before its decision's batched write: the write goes first, so that
+ * Redis, not memory alone, closes the entry, and a restart knows it closed. */
+Test(redis, a_reward_before_the_write_is_closed_in_redis) {
+    Journal *a = instance(0, JOURNAL_FIRST, false, 0);
+    rput(a, "a", 0);
+    cr_assert_eq(rreward(a, "a", 1, 5, NULL), JOIN_CLOSED);
+    cr_expect(reply_str_is(rserver_command(&srv, 0, "HGET " PREFIX "j:a c"), "1"),
+              "Redis holds the closed entry");
+
+    Journal *b = instance(1, JOURNAL_FIRST, false, 0);
+    rput(b, "a", 30);
+    flush(b, 40);
+    cr_expect_eq(rreward(b, "a", 1, 50, NULL), JOIN_LATE, "the re-read event is late");
+    cr_expect_eq(journal_stats(b).redecided, 1);
 }
 
 Test(redis, a_window_closes_in_redis_with_the_default_reward) {

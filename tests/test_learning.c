@@ -7,11 +7,15 @@
  * outlives the process: the next run joins the rewards of the previous run's decisions.
  */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../daemon/metrics.h"
@@ -308,66 +312,162 @@ Test(learning, online_triplets_tune_the_head_and_serve_it_across_restart) {
     harness_cleanup();
 }
 
-/* The checkpoint directory becomes unusable while promptd serves (here: a file where the
+/* A fault of the checkpoint directory, put on and taken off while promptd serves. */
+typedef struct {
+    const char *error; /* what the logged error names */
+    void (*on)(const Daemon *d);
+    void (*off)(const Daemon *d);
+} DiskFault;
+
+static void health(const char *admin, char *body, size_t len) {
+    char err[256];
+    int status = 0;
+    cr_assert_eq(
+        metrics_client_request(admin, "GET", "/healthz", 5000, &status, body, len, err, sizeof err),
+        0, "%s", err);
+    cr_expect_eq(status, 200, "degraded still serves: %d %s", status, body);
+}
+
+/* With the fault on, every prompt is decided, checkpoints fail loudly (at error level,
+ * rate-limited, counted, /healthz degraded); with it off, they succeed again. */
+static void serve_through(Daemon *d, const char *admin, const DiskFault *f, const char *seed) {
+    char body[4096];
+    double saved = metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} ");
+    double failed = metric(admin, "\npromptd_checkpoints_total{result=\"error\"} ");
+    size_t from = 0;
+    char *before = harness_read_file(d->log, &from);
+    free(before);
+
+    f->on(d);
+    json_t *during = simulate(d, "1500", seed);
+    cr_expect_eq(number(during, "decisions"), 1500, "prompts went undecided without checkpoints");
+    json_decref(during);
+    cr_expect_gt(metric(admin, "\npromptd_checkpoints_total{result=\"error\"} "), failed);
+    health(admin, body, sizeof body);
+    cr_expect(strstr(body, "degraded") && strstr(body, "checkpoints failing"), "%s", body);
+
+    char *log = harness_read_file(d->log, NULL);
+    cr_assert_not_null(log);
+    int failures = 0, named = 0;
+    for (const char *at = log + from; (at = strstr(at, "<3>learner: checkpoint failed")); at++) {
+        failures++;
+        named += !strncmp(at + strcspn(at, "\n") - strlen(f->error), f->error, strlen(f->error));
+    }
+    cr_expect_geq(failures, 1, "the failure was not logged at error level");
+    cr_expect_eq(named, failures, "the error does not say \"%s\"", f->error);
+    cr_expect_leq(failures, 12, "%d error lines: one per attempt is not rate-limited", failures);
+    free(log);
+
+    f->off(d);
+    json_t *after = simulate(d, "300", seed);
+    json_decref(after);
+    cr_expect_gt(metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} "), saved);
+    health(admin, body, sizeof body);
+    cr_expect_null(strstr(body, "checkpoints failing"), "%s", body);
+}
+
+/* Starts promptd checkpointing after every update into d->ckdir, and learns a little. */
+static void start_checkpointing(Daemon *d, char *admin, size_t len) {
+    static char sock[700];
+    harness_path(d->boot, sizeof d->boot, d->dir, "bootstrap");
+    harness_path(d->log, sizeof d->log, d->dir, "promptd.log");
+    harness_path(admin, len, d->dir, "admin.sock");
+    snprintf(sock, sizeof sock, "admin.socket=%s", admin);
+    const char *const extra[] = {"learner.checkpoint_every=0", "learner.batch_size=32", sock, NULL};
+    daemon_start(d, extra);
+    json_t *first = simulate(d, "500", "3");
+    json_decref(first);
+    cr_assert_gt(metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} "), 0,
+                 "no checkpoint before the fault");
+}
+
+static void replace_by_file(const Daemon *d) {
+    char moved[600];
+    snprintf(moved, sizeof moved, "%s.moved", d->ckdir);
+    cr_assert_eq(rename(d->ckdir, moved), 0);
+    FILE *f = fopen(d->ckdir, "w");
+    cr_assert_not_null(f);
+    fclose(f);
+}
+
+static void put_back(const Daemon *d) {
+    char moved[600];
+    snprintf(moved, sizeof moved, "%s.moved", d->ckdir);
+    unlink(d->ckdir);
+    cr_assert_eq(rename(moved, d->ckdir), 0);
+}
+
+/* The checkpoint directory becomes unusable while promptd serves (a file where the
  * directory was, which fails for root too, unlike permissions): serving goes on, every
  * prompt is decided, the failure is logged at error level without one line per attempt,
  * counted, and /healthz says degraded; once the directory is back, checkpoints resume. */
 Test(learning, an_unwritable_checkpoint_directory_does_not_stop_serving) {
     Daemon d = {.dir = harness_tmpdir()};
-    char admin[600], sock[700], moved[600];
+    char admin[600];
     cr_assert_not_null(d.dir);
-    harness_path(d.boot, sizeof d.boot, d.dir, "bootstrap");
-    harness_path(d.log, sizeof d.log, d.dir, "promptd.log");
     harness_path(d.ckdir, sizeof d.ckdir, d.dir, "state");
-    harness_path(admin, sizeof admin, d.dir, "admin.sock");
-    harness_path(moved, sizeof moved, d.dir, "state.moved");
-    snprintf(sock, sizeof sock, "admin.socket=%s", admin);
-    const char *const extra[] = {"learner.checkpoint_every=0", "learner.batch_size=32", sock, NULL};
-    daemon_start(&d, extra);
-
-    json_t *first = simulate(&d, "500", "3");
-    json_decref(first);
-    double saved = metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} ");
-    cr_assert_gt(saved, 0, "no checkpoint before the fault");
-
-    cr_assert_eq(rename(d.ckdir, moved), 0);
-    FILE *f = fopen(d.ckdir, "w");
-    cr_assert_not_null(f);
-    fclose(f);
-    json_t *second = simulate(&d, "1500", "4");
-    cr_expect_eq(number(second, "decisions"), 1500, "prompts went undecided without checkpoints");
-    json_decref(second);
-    cr_expect_gt(metric(admin, "\npromptd_checkpoints_total{result=\"error\"} "), 0);
-
-    char body[4096], err[256];
-    int status = 0;
-    cr_assert_eq(metrics_client_request(admin, "GET", "/healthz", 5000, &status, body, sizeof body,
-                                        err, sizeof err),
-                 0, "%s", err);
-    cr_expect_eq(status, 200, "degraded still serves: %d %s", status, body);
-    cr_expect(strstr(body, "degraded") && strstr(body, "checkpoints failing"), "%s", body);
-
-    char *log = harness_read_file(d.log, NULL);
-    cr_assert_not_null(log);
-    int failures = 0;
-    for (const char *at = log; (at = strstr(at, "<3>learner: checkpoint failed")); at++) failures++;
-    cr_expect_geq(failures, 1, "the failure was not logged at error level");
-    cr_expect_leq(failures, 12, "%d error lines: one per attempt is not rate-limited", failures);
-    free(log);
-
-    /* The directory back: the next checkpoints succeed and health recovers. */
-    unlink(d.ckdir);
-    cr_assert_eq(rename(moved, d.ckdir), 0);
-    json_t *third = simulate(&d, "300", "5");
-    json_decref(third);
-    cr_expect_gt(metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} "), saved);
-    cr_assert_eq(metrics_client_request(admin, "GET", "/healthz", 5000, &status, body, sizeof body,
-                                        err, sizeof err),
-                 0, "%s", err);
-    cr_expect_null(strstr(body, "checkpoints failing"), "%s", body);
-
+    start_checkpointing(&d, admin, sizeof admin);
+    serve_through(&d, admin, &(DiskFault){"Not a directory", replace_by_file, put_back}, "4");
     proc_signal(&d.promptd, SIGTERM);
     cr_expect_eq(proc_wait(&d.promptd, 30000), 0, "promptd did not stop cleanly");
+}
+
+/* A full disk and a read-only one, for real: the checkpoint directory is a 4 MiB tmpfs
+ * (mounting it needs root, as `make check` runs), filled up, then remounted read-only. */
+static char mounted[600];
+
+static void unmount_scratch(void) {
+    if (mounted[0]) umount2(mounted, MNT_DETACH);
+    mounted[0] = 0;
+}
+
+static void fill_up(const Daemon *d) {
+    char path[700], chunk[65536];
+    snprintf(path, sizeof path, "%s/filler", d->ckdir);
+    memset(chunk, 0x5a, sizeof chunk);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    cr_assert_geq(fd, 0);
+    while (write(fd, chunk, sizeof chunk) > 0) continue;
+    cr_assert_eq(errno, ENOSPC, "filling the tmpfs: %s", strerror(errno));
+    close(fd);
+}
+
+static void make_room(const Daemon *d) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/filler", d->ckdir);
+    cr_assert_eq(unlink(path), 0);
+}
+
+static void remount(const Daemon *d, unsigned long flags) {
+    cr_assert_eq(mount("tmpfs", d->ckdir, "tmpfs", MS_REMOUNT | flags, "size=4m"), 0, "remount: %s",
+                 strerror(errno));
+}
+
+static void read_only(const Daemon *d) {
+    remount(d, MS_RDONLY);
+}
+
+static void writable(const Daemon *d) {
+    remount(d, 0);
+}
+
+Test(learning, a_full_then_read_only_checkpoint_disk_does_not_stop_serving,
+     .fini = unmount_scratch) {
+    Daemon d = {.dir = harness_tmpdir()};
+    char admin[600];
+    if (geteuid() != 0) cr_skip_test("mounting a small tmpfs needs root");
+    cr_assert_not_null(d.dir);
+    harness_path(d.ckdir, sizeof d.ckdir, d.dir, "state");
+    cr_assert_eq(mkdir(d.ckdir, 0750), 0);
+    cr_assert_eq(mount("tmpfs", d.ckdir, "tmpfs", 0, "size=4m"), 0, "mount: %s", strerror(errno));
+    snprintf(mounted, sizeof mounted, "%s", d.ckdir);
+
+    start_checkpointing(&d, admin, sizeof admin);
+    serve_through(&d, admin, &(DiskFault){"No space left on device", fill_up, make_room}, "4");
+    serve_through(&d, admin, &(DiskFault){"Read-only file system", read_only, writable}, "6");
+    proc_signal(&d.promptd, SIGTERM);
+    cr_expect_eq(proc_wait(&d.promptd, 30000), 0, "promptd did not stop cleanly");
+    unmount_scratch();
 }
 
 /* Whether /healthz answers with text containing needle. */

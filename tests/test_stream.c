@@ -5,8 +5,9 @@
  * kill -9 and SIGTERM in the middle of a stream, backpressure, and reload.
  */
 #include <criterion/criterion.h>
-#include <fcntl.h>
 #include <criterion/logging.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,10 +15,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "../daemon/mockbroker.h"
 #include "../kernels/rng.h"
 #include "harness.h"
+#include "redis_harness.h"
 
 #define TOPIC_PROMPTS   "promptd.prompts"
 #define TOPIC_DECISIONS "promptd.decisions"
@@ -156,12 +159,14 @@ static void seen_free(Seen *s) {
     free(s->source);
 }
 
-/* Takes one "headers<TAB>json" line of the decisions topic. */
-static void seen_add(Seen *s, const char *prefix, char *line) {
+/* Takes one "headers<TAB>json" line of the decisions topic. Returns the index of an id
+ * seen for the first time, else -1. */
+static int seen_add(Seen *s, const char *prefix, char *line) {
     char *tab = strchr(line, '\t');
+    int fresh = -1;
     if (!tab) {
         s->foreign++;
-        return;
+        return -1;
     }
     *tab = 0;
     json_t *d = json_loads(tab + 1, 0, NULL);
@@ -170,7 +175,7 @@ static void seen_add(Seen *s, const char *prefix, char *line) {
     if (!id || strncmp(id, prefix, plen)) {
         s->foreign++;
         json_decref(d);
-        return;
+        return -1;
     }
     int i = atoi(id + plen);
     if (i < 0 || i >= s->n) {
@@ -178,12 +183,14 @@ static void seen_add(Seen *s, const char *prefix, char *line) {
     } else if (s->count[i]++ == 0) {
         s->unique++;
         s->source[i] = strdup(line);
+        fresh = i;
     } else {
         s->duplicates++;
         /* A duplicate is the same input processed twice, so it names the same source. */
         if (strcmp(s->source[i], line)) s->mismatched_source++;
     }
     json_decref(d);
+    return fresh;
 }
 
 /* Reads decisions until every id is seen or timeout_ms passes. */
@@ -656,6 +663,224 @@ Test(stream, kill_9_mid_stream_loses_nothing, .timeout = 300) {
                  seen.mismatched_source);
     cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0);
     tail_close(&tail);
+    run_fini(&r);
+}
+
+/* --- twenty crashes with learning --- */
+
+/* The newest checkpoint in dir: its policy version, and its CRC-32 as computed here over
+ * everything before the last 4 bytes, which must equal the CRC stored there. Returns
+ * false when dir holds none. */
+static bool newest_checkpoint(const char *dir, unsigned long long *version, uint32_t *crc) {
+    char newest[256] = "", path[1024];
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t len = strlen(e->d_name);
+        bool named = !strncmp(e->d_name, "policy-", 7) && len > 5 &&
+                     !strcmp(e->d_name + len - 5, ".ckpt"); /* not a temporary file */
+        if (named && strcmp(e->d_name, newest) > 0)
+            snprintf(newest, sizeof newest, "%s", e->d_name);
+    }
+    if (d) closedir(d);
+    if (!newest[0]) return false;
+
+    snprintf(path, sizeof path, "%s/%s", dir, newest);
+    size_t len = 0;
+    unsigned char *data = (unsigned char *)harness_read_file(path, &len);
+    cr_assert(data && len > 40, "cannot read %s", path);
+    uint32_t stored = (uint32_t)data[len - 4] | (uint32_t)data[len - 3] << 8 |
+                      (uint32_t)data[len - 2] << 16 | (uint32_t)data[len - 1] << 24;
+    *crc = (uint32_t)crc32(crc32(0, NULL, 0), data, (uInt)(len - 4));
+    cr_assert_eq(*crc, stored, "%s: a complete file whose CRC does not match", path);
+    *version = 0;
+    for (int i = 7; i >= 0; i--) *version = *version << 8 | data[8 + i];
+    free(data);
+    return true;
+}
+
+/* Waits for a line containing needle in the part of the log written after offset; returns
+ * a copy of the line, or NULL after timeout_ms. */
+static char *log_line_after(const char *log, size_t offset, const char *needle, int timeout_ms) {
+    for (long long end = harness_now_ms() + timeout_ms; harness_now_ms() < end; usleep(50000)) {
+        size_t len = 0;
+        char *text = harness_read_file(log, &len);
+        char *hit = text && len > offset ? strstr(text + offset, needle) : NULL;
+        char *line = NULL;
+        if (hit) {
+            while (hit > text + offset && hit[-1] != '\n') hit--;
+            line = strndup(hit, strcspn(hit, "\n"));
+        }
+        free(text);
+        if (line) return line;
+    }
+    return NULL;
+}
+
+static size_t file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) ? 0 : (size_t)st.st_size;
+}
+
+/* Counts the "experience id=<prefix>N" lines of the log per N into learned[]; returns the
+ * number of lines. */
+static int count_experiences(const char *log, const char *prefix, int *learned, int n) {
+    char needle[64];
+    int lines = 0;
+    snprintf(needle, sizeof needle, "experience id=%s", prefix);
+    char *text = harness_read_file(log, NULL);
+    cr_assert_not_null(text);
+    memset(learned, 0, (size_t)n * sizeof *learned);
+    for (char *p = text; (p = strstr(p, needle)); p += strlen(needle)) {
+        int i = atoi(p + strlen(needle));
+        if (i >= 0 && i < n) learned[i]++;
+        lines++;
+    }
+    free(text);
+    return lines;
+}
+
+/* promptd is killed with SIGKILL at 20 random moments of a 200,000-prompt stream whose
+ * rewards come back as the decisions arrive (one reward event per id, through a real
+ * redis-server holding the journal), and restarted each time. Every id is decided;
+ * duplicates stay within the in-flight bound; each restart serves exactly the newest
+ * checkpoint (by CRC); and no reward is learned twice. */
+Test(stream, twenty_kill_9_in_a_200000_prompt_stream_lose_nothing_and_learn_once, .timeout = 600) {
+    enum { TOTAL = 200000, KILLS = 20, INFLIGHT = 2000 };
+    Run r;
+    RedisServer redis;
+    char prompts[512], url[300], redis_set[400], state[600], inflight[64];
+    Seen seen;
+    Tail tail;
+    Proc rewarder;
+    Rng rng;
+    int kill_at[KILLS], dups_after[KILLS + 1] = {0}, restored_right = 0;
+    long long served_from = 0, unique_from = 0;
+    double peak_rate = 0; /* decisions per second between a restart and the next kill */
+    run_init(&r);
+    host_broker(&r, 16);
+    cr_assert_eq(rserver_start(&redis, NULL), 0, "redis-server did not start");
+    snprintf(redis_set, sizeof redis_set, "redis.url=%s", rserver_url(&redis, 0, url, sizeof url));
+    snprintf(state, sizeof state, "%s/state", r.dir);
+    snprintf(inflight, sizeof inflight, "kafka.max_inflight=%d", INFLIGHT);
+    const char *const sets[] = {redis_set,
+                                inflight,
+                                "reward.window=2m",
+                                "learner.checkpoint_every=0",
+                                "learner.batch_size=512",
+                                "log.debug=learner",
+                                "kafka.consumer.session.timeout.ms=4000",
+                                "kafka.consumer.heartbeat.interval.ms=400",
+                                NULL};
+
+    /* The moments: one at a random point of each of 20 consecutive slices of the stream. */
+    rng_seed(&rng, 20261204);
+    for (int k = 0; k < KILLS; k++)
+        kill_at[k] = TOTAL / (KILLS + 2) * (k + 1) + (int)rng_below(&rng, TOTAL / (KILLS + 2));
+
+    harness_path(prompts, sizeof prompts, r.dir, "prompts.jsonl");
+    cr_assert_eq(harness_write_prompts(prompts, "c-", TOTAL), 0);
+    start_promptd(&r, sets);
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, r.decisions);
+    kcat_produce(&r, TOPIC_PROMPTS, prompts);
+
+    /* The rewarder: one reward event per id, as its first decision arrives. */
+    int fds[2];
+    cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
+    char *argv[] = {"kcat", "-P", "-b", r.bootstrap, "-t", TOPIC_REWARDS, "-K\t", NULL};
+    cr_assert_eq(proc_start_fd(&rewarder, argv, fds[0], NULL, NULL), 0);
+    close(fds[0]);
+    FILE *rewards = fdopen(fds[1], "w");
+    cr_assert_not_null(rewards);
+
+    seen_init(&seen, TOTAL);
+    tail_open(&tail, r.decisions);
+    int kills = 0;
+    long long deadline = harness_now_ms() + 420000;
+    while (seen.unique < TOTAL && harness_now_ms() < deadline) {
+        char *line = tail_next(&tail);
+        if (!line) {
+            fflush(rewards);
+            usleep(20000);
+            continue;
+        }
+        int fresh = seen_add(&seen, "c-", line);
+        if (fresh >= 0)
+            fprintf(rewards, "c-%d\t{\"id\":\"c-%d\",\"resolved\":%s,\"rating\":%d}\n", fresh,
+                    fresh, fresh % 3 ? "true" : "false", 1 + fresh % 5);
+        if (kills == KILLS || seen.unique < kill_at[kills]) continue;
+
+        proc_signal(&r.promptd, SIGKILL);
+        dups_after[kills] = seen.duplicates;
+        if (served_from) {
+            double rate = 1000.0 * (seen.unique - unique_from) / (harness_now_ms() - served_from);
+            if (rate > peak_rate) peak_rate = rate;
+        }
+        unsigned long long version = 0;
+        uint32_t crc = 0;
+        bool saved = newest_checkpoint(state, &version, &crc);
+        size_t offset = file_size(r.log);
+        start_promptd(&r, sets);
+        char *restored =
+            log_line_after(r.log, offset, saved ? "restored policy" : "fresh policy", 30000);
+        char want[800];
+        snprintf(want, sizeof want, "restored policy version %llu from %s (crc32 %08x)", version,
+                 state, crc);
+        bool right = restored && (!saved || strstr(restored, want));
+        restored_right += right;
+        cr_expect(right, "kill %d: the newest checkpoint is \"%s\"; the restart logged \"%s\"",
+                  kills + 1, saved ? want : "(none)", restored ? restored : "(nothing)");
+        free(restored);
+        kills++;
+        served_from = harness_now_ms();
+        unique_from = seen.unique;
+    }
+    dups_after[kills] = seen.duplicates;
+    fclose(rewards);
+    cr_expect_eq(proc_wait(&rewarder, 60000), 0, "kcat could not produce the rewards");
+    cr_expect_eq(kills, KILLS, "the stream ended after %d kills", kills);
+    cr_expect_eq(seen.unique, TOTAL, "%d of %d ids got no decision", TOTAL - seen.unique, TOTAL);
+    cr_expect_eq(seen.mismatched_source, 0, "%d duplicates name another input",
+                 seen.mismatched_source);
+    cr_expect_eq(restored_right, KILLS, "%d restarts did not serve the newest checkpoint",
+                 KILLS - restored_right);
+
+    /* Each kill re-reads at most what was in flight: decisions awaiting acknowledgement
+     * (kafka.max_inflight), plus those acknowledged but not yet committed: commits run
+     * every 250 ms, so at the peak rate, half a second's worth covers the commit's round
+     * trip and the batch being served. */
+    int bound = INFLIGHT + (int)(peak_rate * 0.5), worst = 0;
+    for (int k = 0; k < KILLS; k++)
+        if (dups_after[k + 1] - dups_after[k] > worst) worst = dups_after[k + 1] - dups_after[k];
+
+    /* Let the last rewards be learned: the experience count stops growing. */
+    int *learned = calloc(TOTAL, sizeof *learned), lines = -1, settled = 0;
+    while (settled < 3 && harness_now_ms() < deadline + 60000) {
+        int now = count_experiences(r.log, "c-", learned, TOTAL);
+        settled = now == lines ? settled + 1 : 0;
+        lines = now;
+        usleep(1000000);
+    }
+    cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0);
+    lines = count_experiences(r.log, "c-", learned, TOTAL);
+    int twice = 0, once = 0;
+    for (int i = 0; i < TOTAL; i++) {
+        once += learned[i] == 1;
+        if (learned[i] > 1 && twice++ < 5)
+            cr_log_error("reward of c-%d learned %d times", i, learned[i]);
+    }
+    cr_log_info("%d kills in %d prompts: every id decided %s; %d duplicates (at most %d after one "
+                "kill, bound %d); %d of %d rewards learned once, %d twice; %d restarts served "
+                "the newest checkpoint",
+                kills, TOTAL, seen.unique == TOTAL ? "yes" : "NO", seen.duplicates, worst, bound,
+                once, TOTAL, twice, restored_right);
+    cr_expect_eq(twice, 0, "%d rewards were learned twice", twice);
+    cr_expect_leq(worst, bound, "%d duplicates after one kill (peak %.0f decisions/s)", worst,
+                  peak_rate);
+    free(learned);
+    tail_close(&tail);
+    seen_free(&seen);
+    rserver_stop(&redis);
     run_fini(&r);
 }
 
