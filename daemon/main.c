@@ -9,6 +9,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -615,6 +616,16 @@ static void swap_model(Service *s) {
 }
 
 /* The serving loop: poll a batch, run it, serve acknowledgements; until asked to stop. */
+/* A surge (a backlog after a Redis restart or an outage) grows the journal and the batches
+ * for a while; once it has drained, glibc keeps the freed pages unless asked, and resident
+ * memory would stay at the surge's peak for good, which reads as a leak on a dashboard.
+ * Every 10 s, free pages go back to the system (a walk of the arenas: well under 1 ms). */
+static void give_back_memory(void) {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 static int serve(Service *s) {
     char err[1024];
     uint64_t next_tick = pd_mono_ms() + 1000, ticks = 0;
@@ -651,6 +662,7 @@ static int serve(Service *s) {
                 notify_status("%s", status);
             }
             pd_log_tick();
+            if (ticks % 10 == 0) give_back_memory();
             next_tick = pd_mono_ms() + 1000;
         }
     }
