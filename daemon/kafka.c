@@ -550,7 +550,8 @@ size_t kafka_drain(Kafka *k, int timeout_ms) {
 
 /* --- consuming --- */
 
-/* Reward partitions get a queue of their own, read before the consumer's. In one shared
+/* Reward partitions get a queue of their own, read ahead of the prompts for up to half of
+ * each batch (kafka_poll_batch). In one shared
  * queue a backlog of prompts (after an outage, or at a restart) stands in front of the
  * reward events, which then wait for all of it: past their reward window, or past a
  * crash that makes them be read again. The forwarding stays through later assignments
@@ -632,15 +633,23 @@ static int consumer_event(Kafka *k, rd_kafka_message_t *m, char *err, size_t err
 
 int kafka_poll_batch(Kafka *k, rd_kafka_message_t **msgs, int max, int wait_ms, char *err,
                      size_t errlen) {
-    /* Reward events first, without waiting; then one call fills the batch from the
-     * consumer's queue: it waits up to wait_ms when there was no reward, and serves the
-     * rebalance, error and log callbacks queued meanwhile. */
-    ssize_t got = k->rewards ? rd_kafka_consume_batch_queue(k->rewards, 0, msgs, (size_t)max) : 0;
+    /* Reward events take up to half the batch first, without waiting; prompts fill the
+     * rest, in one call that waits up to wait_ms when there was no reward and serves the
+     * rebalance, error and log callbacks queued meanwhile; reward events fill what prompts
+     * left. Half, not all: rewards arrive in answer to decisions, so strict priority
+     * makes a burst of decisions starve the prompts behind its own rewards, and serving
+     * swings between the two (seen in the soak). */
+    size_t half = (size_t)(max + 1) / 2;
+    ssize_t got = k->rewards ? rd_kafka_consume_batch_queue(k->rewards, 0, msgs, half) : 0;
     if (got >= 0 && got < max) {
         ssize_t more = rd_kafka_consume_batch_queue(k->queue, got ? 0 : wait_ms, msgs + got,
                                                     (size_t)(max - got));
         if (more < 0) kafka_release(msgs, (int)got);
         got = more < 0 ? more : got + more;
+    }
+    if (k->rewards && got >= 0 && got < max) {
+        ssize_t more = rd_kafka_consume_batch_queue(k->rewards, 0, msgs + got, (size_t)(max - got));
+        got = more < 0 ? got : got + more;
     }
     if (got < 0) {
         snprintf(err, errlen, "consumer: %s", rd_kafka_err2str(rd_kafka_last_error()));

@@ -39,10 +39,10 @@ int kafka_open(Kafka **out, const Config *c, const char *brokers, char *err, siz
 /* Picks up the reloadable settings (kafka.max_inflight). */
 void kafka_reconfigure(Kafka *k, const Config *c);
 
-/* Takes up to max input messages into msgs, reward events before prompts, waiting up to
- * wait_ms for the first. Error
- * events of the stream are logged and counted here. Returns the number taken, or PD_EFATAL
- * with err filled when the consumer cannot go on. */
+/* Takes up to max input messages into msgs, reward events first for up to half of them,
+ * waiting up to wait_ms for the first. Error events of the stream are logged and counted
+ * here. Returns the number taken, or PD_EFATAL with err filled when the consumer cannot
+ * go on. */
 int kafka_poll_batch(Kafka *k, rd_kafka_message_t **msgs, int max, int wait_ms, char *err,
                      size_t errlen);
 

@@ -4,7 +4,8 @@
  * (SIGHUP) every 2 minutes and one Redis restart in the middle. Every minute it samples
  * promptd's resident memory and open descriptors and prints a table row. It passes when
  * every prompt is decided, resident memory grows less than 5% after warm-up (the first
- * fifth of the run; the level of the last three minutes against the three after warm-up),
+ * fifth of the run; the least of the last five minutes against the least of the five
+ * after warm-up, sampled every second),
  * the descriptors at the end are those after warm-up, and promptd
  * exits 0 on SIGTERM. The "journal" column is the decisions promptd holds in memory
  * awaiting their reward: it stays small while promptd keeps up.
@@ -144,15 +145,11 @@ static double metric(const char *admin, const char *name) {
     return at ? strtod(at + strlen(needle), NULL) : -1;
 }
 
-static int cmp_long(const void *a, const void *b) {
-    long x = *(const long *)a, y = *(const long *)b;
-    return (x > y) - (x < y);
-}
-
-static long median3(const long *v) {
-    long s[3] = {v[0], v[1], v[2]};
-    qsort(s, 3, sizeof *s, cmp_long);
-    return s[1];
+static long least(const long *v, int n) {
+    long m = v[0];
+    for (int i = 1; i < n; i++)
+        if (v[i] < m) m = v[i];
+    return m;
 }
 
 /* Resident kilobytes and open descriptors of pid. */
@@ -183,7 +180,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     int minutes = getenv("SOAK_MINUTES") ? atoi(getenv("SOAK_MINUTES")) : 30;
     long rate = getenv("SOAK_RATE") ? atol(getenv("SOAK_RATE")) : 0;
-    if (minutes < 5) die("SOAK_MINUTES must be at least 5");
+    if (minutes < 10) die("SOAK_MINUTES must be at least 10");
 
     /* The parts: Redis, the cluster, promptd, and this process's clients. */
     const char *dir = harness_tmpdir();
@@ -245,21 +242,27 @@ int main(int argc, char **argv) {
     if (WARMUP_COUNT + rate * 60L * minutes > s.capacity) die("SOAK_RATE above 50,000/s");
     printf("soak: maximum %.0f prompts/s with rewards; serving %ld/s for %d minutes\n", max_rate,
            rate, minutes);
-    printf("%6s %10s %9s %8s %8s %5s %9s  %s\n", "minute", "decided", "dups", "rate/s", "RSS MiB",
-           "fds", "journal", "event");
+    printf("%6s %10s %9s %8s %8s %8s %5s %9s  %s\n", "minute", "decided", "dups", "rate/s",
+           "RSS min", "RSS max", "fds", "journal", "event");
 
-    /* The run, paced in 10 ms steps. */
-    long *rss_at = calloc((size_t)minutes + 1, sizeof *rss_at), rss = 0, peak = 0;
+    /* The run, paced in 10 ms steps; resident memory sampled every second. */
+    long *rss_min = calloc((size_t)minutes + 1, sizeof *rss_min), rss = 0, peak = 0;
+    long *rss_max = calloc((size_t)minutes + 1, sizeof *rss_max);
     int warm = (minutes + 4) / 5;
     int base_fds = 0, fds = 0, max_fds = 0, reloads = 0;
     double start = harness_seconds(), prev = 0;
     long prev_unique = atomic_load(&s.unique);
     for (int minute = 1; minute <= minutes; minute++) {
         const char *event = "";
-        while (harness_seconds() - start < 60.0 * minute) {
+        for (double sampled = 0; harness_seconds() - start < 60.0 * minute;) {
             long due = WARMUP_COUNT + (long)((harness_seconds() - start) * (double)rate);
             while (sent < due) prompt(&s, sent++);
             rd_kafka_poll(s.producer, 10);
+            if (harness_seconds() - sampled < 1.0) continue;
+            sampled = harness_seconds();
+            if ((rss = rss_kb(promptd.pid)) < 0 || promptd.exited) die("promptd is gone");
+            if (!rss_min[minute] || rss < rss_min[minute]) rss_min[minute] = rss;
+            if (rss > rss_max[minute]) rss_max[minute] = rss;
         }
         if (minute == minutes / 2) {
             rserver_restart(&redis);
@@ -269,18 +272,16 @@ int main(int argc, char **argv) {
             reloads++;
             event = "reload";
         }
-        rss = rss_kb(promptd.pid);
         fds = open_fds(promptd.pid);
-        if (rss < 0 || promptd.exited) die("promptd is gone");
-        rss_at[minute] = rss;
         if (minute == warm) base_fds = fds;
-        if (minute >= warm && rss > peak) peak = rss;
+        if (minute >= warm && rss_max[minute] > peak) peak = rss_max[minute];
         if (base_fds && fds > max_fds) max_fds = fds;
         long unique = atomic_load(&s.unique);
         double now = harness_seconds() - start;
-        printf("%6d %10ld %9ld %8.0f %8.1f %5d %9.0f  %s%s\n", minute, unique,
+        printf("%6d %10ld %9ld %8.0f %8.1f %8.1f %5d %9.0f  %s%s\n", minute, unique,
                atomic_load(&s.duplicates), (double)(unique - prev_unique) / (now - prev),
-               (double)rss / 1024, fds, metric(admin, "promptd_journal_memory_entries"), event,
+               (double)rss_min[minute] / 1024, (double)rss_max[minute] / 1024, fds,
+               metric(admin, "promptd_journal_memory_entries"), event,
                minute == (minutes + 4) / 5 ? (*event ? ", warm" : "warm") : "");
         fflush(stdout);
         prev_unique = unique, prev = now;
@@ -293,18 +294,19 @@ int main(int argc, char **argv) {
     atomic_store(&s.stop, true);
     pthread_join(s.thread, NULL);
     long unique = atomic_load(&s.unique);
-    /* Growth is the level's, not a surge's: the median of the three minutes from warm-up
-     * against the median of the last three. A surge (the backlog after the Redis restart
-     * fills the journal and librdkafka's prefetch queue) passes; a leak does not. */
-    long base_rss = median3(rss_at + warm), end_rss = median3(rss_at + minutes - 2);
+    /* Growth is the floor's, not a surge's: the least resident memory of the five minutes
+     * from warm-up against that of the last five. A surge (a backlog fills the journal and
+     * librdkafka's prefetch queue, and drains) leaves the floor where it was; a leak
+     * raises it. */
+    long base_rss = least(rss_min + warm, 5), end_rss = least(rss_min + minutes - 4, 5);
     double growth = 100.0 * (double)(end_rss - base_rss) / (double)base_rss;
     bool memory_ok = growth < 5.0, fds_ok = fds <= base_fds && max_fds <= base_fds + 4;
     printf("soak: %ld prompts sent, %ld decided (%ld lost), %ld duplicates, %ld foreign; %d "
            "reloads, 1 Redis restart\n",
            sent, unique, sent - unique, atomic_load(&s.duplicates), atomic_load(&s.foreign),
            reloads);
-    printf("soak: resident memory after warm-up %.1f MiB, at the end %.1f MiB (%+.1f%%, limit "
-           "5%%; peak %.1f MiB): %s\n",
+    printf("soak: least resident memory after warm-up %.1f MiB, at the end %.1f MiB (%+.1f%%, "
+           "limit 5%%; peak %.1f MiB): %s\n",
            (double)base_rss / 1024, (double)end_rss / 1024, growth, (double)peak / 1024,
            memory_ok ? "ok" : "FAIL");
     printf("soak: descriptors after warm-up %d, at most %d, at the end %d: %s\n", base_fds, max_fds,
@@ -316,7 +318,8 @@ int main(int argc, char **argv) {
     rd_kafka_flush(s.producer, 5000);
     rd_kafka_destroy(s.producer);
     free(s.seen);
-    free(rss_at);
+    free(rss_min);
+    free(rss_max);
     mockbroker_stop(broker);
     rserver_stop(&redis);
     harness_cleanup();

@@ -122,7 +122,12 @@ static void kcat_produce(Run *r, const char *topic, const char *file) {
 static Feeder *kcat_stream(Run *r, Proc *kcat, const char *topic, const char *file, int rate) {
     int fds[2];
     cr_assert_eq(pipe2(fds, O_CLOEXEC), 0);
-    char *argv[] = {"kcat", "-P", "-b", r->bootstrap, "-t", (char *)topic, "-K\t", NULL};
+    /* A request the mock cluster leaves unanswered (see broker_faults) is given up after
+     * 10 s rather than librdkafka's default 60 s. */
+    char *argv[] = {"kcat",       "-P", "-b",
+                    r->bootstrap, "-t", (char *)topic,
+                    "-K\t",       "-X", "socket.timeout.ms=10000",
+                    NULL};
     cr_assert_eq(proc_start_fd(kcat, argv, fds[0], NULL, NULL), 0);
     close(fds[0]);
     Feeder *f = feeder_start(file, fds[1], rate);
@@ -132,8 +137,10 @@ static Feeder *kcat_stream(Run *r, Proc *kcat, const char *topic, const char *fi
 
 /* kcat follows topic from the beginning, writing "headers<TAB>payload" lines to out. */
 static void kcat_follow(Run *r, Proc *p, const char *topic, const char *out) {
-    char *argv[] = {"kcat",      "-C", "-b", r->bootstrap, "-t",       (char *)topic, "-o",
-                    "beginning", "-u", "-q", "-f",         "%h\t%s\n", NULL};
+    char *argv[] = {
+        "kcat",      "-C", "-b", r->bootstrap, "-t",       (char *)topic, "-o",
+        "beginning", "-u", "-q", "-f",         "%h\t%s\n", "-X",          "socket.timeout.ms=10000",
+        NULL};
     cr_assert_eq(proc_start(p, argv, NULL, out, NULL), 0);
 }
 
@@ -566,7 +573,12 @@ Test(stream, broker_faults_lose_nothing, .timeout = 300) {
     run_init(&r);
     host_broker(&r, 4);
     rd_kafka_mock_cluster_t *mc = mockbroker_cluster(r.broker);
-    start_promptd(&r, NULL);
+    /* The mock cluster now and then leaves requests unanswered after injected fetch
+     * errors (librdkafka 2.0.2; seen as Fetch, Produce and FindCoordinator requests in
+     * flight for 60 s on one broker, then a disconnect and recovery with nothing lost).
+     * A shorter socket timeout makes promptd drop such a connection after 10 s. */
+    start_promptd(&r, (const char *const[]){"kafka.consumer.socket.timeout.ms=10000",
+                                            "kafka.producer.socket.timeout.ms=10000", NULL});
 
     harness_path(prompts, sizeof prompts, r.dir, "prompts.jsonl");
     cr_assert_eq(harness_write_prompts(prompts, "f-", total), 0);
@@ -582,9 +594,24 @@ Test(stream, broker_faults_lose_nothing, .timeout = 300) {
         RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE);
 
     decided_at_least(&seen, &tail, "f-", total / 5);
-    /* Known problem, not injected here: fetch errors (NOT_LEADER, UNKNOWN_TOPIC_OR_PART,
-     * REQUEST_TIMED_OUT) stalled consumption for over 60 s in about one run of three;
-     * issue 9 follows it up. */
+    /* Fetch errors hit whichever client fetches next, and kcat's own consumer, hit by
+     * them, stopped fetching for good in about one run of three (promptd had decided
+     * everything; librdkafka 2.0.2's consumer without a group). So kcat is stopped while
+     * they are injected, and follows again (from the beginning, into a second file) once
+     * promptd has taken them: its warning for the timed-out fetch says so. */
+    char again[600];
+    proc_stop(&r.consumer);
+    tail_close(&tail);
+    rd_kafka_mock_push_request_errors(mc, API_FETCH, 3, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                                      RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+                                      RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT);
+    cr_expect_eq(harness_wait_text(r.log, "consumer: Broker: Request timed out", 30000), 0,
+                 "promptd did not take the fetch errors");
+    harness_path(again, sizeof again, r.dir, "decisions-again.txt");
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, again);
+    tail_open(&tail, again);
+
+    decided_at_least(&seen, &tail, "f-", total / 4);
     rd_kafka_mock_push_request_errors(
         mc, API_OFFSET_COMMIT, 3, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
         RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_NOT_COORDINATOR);
@@ -603,8 +630,8 @@ Test(stream, broker_faults_lose_nothing, .timeout = 300) {
     feeder_join(feeder);
     cr_expect_eq(proc_wait(&producer, 60000), 0, "kcat could not produce the stream");
     seen_collect(&seen, &tail, "f-", total, 150000);
-    cr_log_info("broker faults: %d of %d decided, %d duplicates", seen.unique, total,
-                seen.duplicates);
+    cr_log_info("broker faults: %d of %d decided, %d seen twice (kcat reads again)", seen.unique,
+                total, seen.duplicates);
     cr_expect_eq(seen.unique, total, "%d of %d ids got no decision", total - seen.unique, total);
     cr_expect_eq(seen.mismatched_source, 0, "%d duplicates name another input",
                  seen.mismatched_source);
