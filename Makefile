@@ -197,8 +197,8 @@ check-unit: $(UNIT_BINS) $(UNIT_BINS_SAN)
 # The integration tests run the sanitized promptd and promptctl; their reports go to files
 # (a process killed later would lose them on stderr), and any report fails the check.
 SAN_REPORTS := $(BUILD)/san-reports
-check-integration: $(BUILD)/promptd $(BUILD)/san/promptd $(BUILD)/san/promptctl $(MODEL) \
-                   $(INTEG_BINS)
+check-integration: $(BUILD)/promptd $(BUILD)/promptctl $(BUILD)/san/promptd $(BUILD)/san/promptctl \
+                   $(MODEL) $(INTEG_BINS)
 	@rm -rf $(SAN_REPORTS); mkdir -p $(SAN_REPORTS)
 	@for t in $(INTEG_BINS); do \
 	    echo "== $$t (promptd under ASan and UBSan)"; \

@@ -216,7 +216,7 @@ Test(cli, sighup_reloads_or_refuses_the_configuration, .timeout = 90) {
 static int run_ctl(const char *const *args) {
     char *argv[32];
     int n = 0;
-    argv[n++] = "build/promptctl";
+    argv[n++] = getenv("PROMPTCTL") ? getenv("PROMPTCTL") : "build/promptctl";
     for (; *args; args++) argv[n++] = (char *)*args;
     argv[n] = NULL;
     Proc p;
