@@ -301,8 +301,8 @@ int main(int argc, char **argv) {
     long base_rss = least(rss_min + warm, 5), end_rss = least(rss_min + minutes - 4, 5);
     double growth = 100.0 * (double)(end_rss - base_rss) / (double)base_rss;
     bool memory_ok = growth < 5.0, fds_ok = fds <= base_fds && max_fds <= base_fds + 4;
-    printf("soak: %ld prompts sent, %ld decided (%ld lost), %ld duplicates, %ld foreign; %d "
-           "reloads, 1 Redis restart\n",
+    printf("soak: %ld prompts sent, %ld decided (%ld undecided at the end), %ld duplicates, "
+           "%ld foreign; %d reloads, 1 Redis restart\n",
            sent, unique, sent - unique, atomic_load(&s.duplicates), atomic_load(&s.foreign),
            reloads);
     printf("soak: least resident memory after warm-up %.1f MiB, at the end %.1f MiB (%+.1f%%, "
