@@ -288,8 +288,9 @@ fuzz-run: $(FUZZ_BINS)
 # --- soak ---
 
 # SOAK_MINUTES (default 30) at half the measured maximum, with reloads and a Redis restart;
-# prints a table and fails on a lost prompt, memory growth or a descriptor leak.
+# prints a table and fails on an undecided prompt, memory growth or a descriptor leak.
 $(BUILD)/tests/soak: $(BUILD)/obj/tests/soak.o $(TEST_OBJ) $(LIB_OBJ)
+	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ $(ALL_LIBS) -o $@
 
 soak: deps

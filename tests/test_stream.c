@@ -212,6 +212,37 @@ static void seen_collect(Seen *s, Tail *t, const char *prefix, int until_unique,
     }
 }
 
+/* Counts every decision in topic, read from the beginning to its end by a new kcat. */
+static void seen_read_topic(Run *r, Seen *s, const char *topic, const char *prefix) {
+    char out[600];
+    Proc kcat;
+    harness_path(out, sizeof out, r->dir, "decisions-final.txt");
+    char *argv[] = {
+        "kcat",      "-C", "-b", r->bootstrap, "-t",       (char *)topic, "-o",
+        "beginning", "-e", "-q", "-f",         "%h\t%s\n", "-X",          "socket.timeout.ms=10000",
+        NULL};
+    cr_assert_eq(proc_start(&kcat, argv, NULL, out, NULL), 0);
+    cr_expect_eq(proc_wait(&kcat, 120000), 0, "kcat could not read %s to its end", topic);
+    Tail t;
+    tail_open(&t, out);
+    for (char *line; (line = tail_next(&t));) seen_add(s, prefix, line);
+    tail_close(&t);
+}
+
+/* Logs the first ids with no decision, with the partition kcat's default partitioner
+ * (CRC-32 of the key) gave their prompt, to tell a stalled partition from scattered loss. */
+static void seen_report_missing(const Seen *s, const char *prefix, int partitions) {
+    int shown = 0;
+    for (int i = 0; i < s->n && shown < 10; i++) {
+        if (s->count[i]) continue;
+        char key[64];
+        int len = snprintf(key, sizeof key, "%s%d", prefix, i);
+        uLong crc = crc32(crc32(0, NULL, 0), (const Bytef *)key, (uInt)len);
+        cr_log_warn("no decision for %s (prompts partition %lu)", key, crc % (uLong)partitions);
+        shown++;
+    }
+}
+
 static int exit_of_promptd(Run *r, int sig) {
     proc_signal(&r->promptd, sig);
     return proc_wait(&r->promptd, 40000);
@@ -594,8 +625,24 @@ Test(stream, broker_faults_lose_nothing, .timeout = 300) {
         RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE);
 
     decided_at_least(&seen, &tail, "f-", total / 5);
-    /* Fetch errors are not injected here: in one clean-clone run under ASan, 25 of 30,000
-     * ids were still undecided after them (issue 9 follows it up). */
+    /* Fetch errors hit whichever client fetches next, and kcat's own consumer, hit by
+     * them, stopped fetching for good in about one run of three (librdkafka 2.0.2's
+     * consumer without a group). So kcat is stopped while they are injected, and follows
+     * again (from the beginning, into a second file) once promptd has taken them: its
+     * warning for the timed-out fetch says so. */
+    char again[600];
+    proc_stop(&r.consumer);
+    tail_close(&tail);
+    rd_kafka_mock_push_request_errors(mc, API_FETCH, 3, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+                                      RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+                                      RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT);
+    cr_expect_eq(harness_wait_text(r.log, "consumer: Broker: Request timed out", 30000), 0,
+                 "promptd did not take the fetch errors");
+    harness_path(again, sizeof again, r.dir, "decisions-again.txt");
+    kcat_follow(&r, &r.consumer, TOPIC_DECISIONS, again);
+    tail_open(&tail, again);
+
+    decided_at_least(&seen, &tail, "f-", total / 4);
     rd_kafka_mock_push_request_errors(
         mc, API_OFFSET_COMMIT, 3, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
         RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_NOT_COORDINATOR);
@@ -614,6 +661,16 @@ Test(stream, broker_faults_lose_nothing, .timeout = 300) {
     feeder_join(feeder);
     cr_expect_eq(proc_wait(&producer, 60000), 0, "kcat could not produce the stream");
     seen_collect(&seen, &tail, "f-", total, 150000);
+    if (seen.unique < total) {
+        /* The follower is the test's instrument, and a fault can stall it (above): the
+         * topic, read afresh to its end, says whether a decision is missing. */
+        cr_log_warn("broker faults: the follower saw %d of %d ids; reading the topic afresh",
+                    seen.unique, total);
+        seen_free(&seen);
+        seen_init(&seen, total);
+        seen_read_topic(&r, &seen, TOPIC_DECISIONS, "f-");
+        seen_report_missing(&seen, "f-", 4);
+    }
     cr_log_info("broker faults: %d of %d decided, %d duplicates", seen.unique, total,
                 seen.duplicates);
     cr_expect_eq(seen.unique, total, "%d of %d ids got no decision", total - seen.unique, total);
