@@ -787,11 +787,13 @@ static JoinResult join_copy(Journal *j, Entry *e, double r, int64_t now_ms, Expe
     if (rj == RJ_CLOSED) discard(j, e);
     if (rj == RJ_UNKNOWN) {
         /* Redis has no trace of it, not even closed: it lost its data. Memory's copy is
-         * the entry again, and is written back. */
+         * the entry again: it is written back, and the event waits for that. */
         e->in_redis = false;
         unsent_add(j, e);
+        j->stats.redis_unavailable++;
+        return JOIN_UNAVAILABLE;
     }
-    if (rj == RJ_UNKNOWN || rj == RJ_DOWN) return join_memory(j, e, r, now_ms, out);
+    if (rj == RJ_DOWN) return join_memory(j, e, r, now_ms, out);
     return count_join(j, rj);
 }
 
@@ -946,12 +948,16 @@ JoinResult journal_reward(Journal *j, const char *id, size_t id_len, double r, i
     /* An event for a decision not yet written to Redis (it came within the write's batch):
      * write it first, so that Redis closes it. Closed in memory only, a crash before the
      * next write would forget the close, and the event read again after the restart could
-     * be joined to the re-delivered prompt's decision and learned twice. While Redis is
-     * unavailable or refusing, memory closes it: that window stays open (see journal.h). */
+     * be joined to the re-delivered prompt's decision and learned twice. So while Redis
+     * is unavailable or refusing, the event waits (JOIN_UNAVAILABLE) instead. */
     for (int round = 0; e && !e->in_redis && j->link && !j->refused && round < 4; round++) {
         if (!redis_link_stats(j->link).up) break;
         redis_sync(j, now_ms, NULL, 0);
         e = find_open(j, id, id_len);
+    }
+    if (e && !e->in_redis && j->link) {
+        j->stats.redis_unavailable++;
+        return JOIN_UNAVAILABLE;
     }
     if (e) return e->in_redis ? join_copy(j, e, r, now_ms, out) : join_memory(j, e, r, now_ms, out);
     if (hashmap_get(&j->closed, id_hash(id, id_len))) {
@@ -980,4 +986,8 @@ JournalStats journal_stats(const Journal *j) {
     s.open = j->count;
     s.redis_refusing = j->refused;
     return s;
+}
+
+bool journal_ready(const Journal *j) {
+    return !j->link || (redis_link_stats(j->link).up && !j->refused);
 }

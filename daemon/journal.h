@@ -32,10 +32,11 @@
  *   written, memory keeps a copy: rewards for it need no lookup, and while Redis is
  *   unavailable they are joined to the copy and written with it when Redis answers. A
  *   copy is let go at its deadline (Redis closes the entry) or first when memory is full.
- *   A decision never written (Redis down, or refusing) is closed in memory as before;
- *   when Redis answers again, everything memory holds is written again, so that a Redis
- *   restarted without its data gets back what memory still has. With no link (redis.url
- *   none) the journal is memory only.
+ *   A decision never written (Redis down, or refusing) takes no reward event until it is
+ *   (JOIN_UNAVAILABLE: the event waits), and closes in memory only at its deadline or
+ *   when memory is full; when Redis answers again, everything memory holds is written
+ *   again, so that a Redis restarted without its data gets back what memory still has.
+ *   With no link (redis.url none) the journal is memory only.
  * - An entry that is, or may be, in Redis is never closed in memory: another instance
  *   could close it there too. That includes a write whose reply was lost (a timeout, a
  *   broken connection): it may have applied. Such entries wait for Redis, and are given
@@ -46,20 +47,14 @@
  *   an expiry scan) is lost, the entries it closed are learned by nobody (they are few: one
  *   call's worth). Lifting it needs a two-step claim (close with a lease, then confirm),
  *   which costs a second round trip per close.
- * - A reward for a decision made by another instance (no copy here) cannot be joined
- *   while Redis is unavailable; it is counted (redis_unavailable) and ignored, and the
- *   entry later closes with the default reward. Lifting it needs the pipeline to hold
- *   such events (pause the rewards topic) until Redis is back; journal_reward says so
- *   with JOIN_UNAVAILABLE.
  * - Events joined in memory during an outage to an entry that another instance closes
  *   meanwhile are not learned; and when events were joined both in memory and in Redis,
  *   which came first is not known (memory's are taken as the earlier, for first/last).
- * - A decision closed in memory (Redis down or refusing when its reward came) is not known
- *   closed to Redis: if promptd is killed before Redis takes it, the re-delivered prompt
- *   is decided and journaled again, and the reward event read again is learned a second
- *   time. While Redis answers, an event for a decision not yet written writes it first
- *   (journal_reward), so that only an outage opens this window. Lifting it needs the
- *   rewards topic paused while Redis is unavailable, as above.
+ * - While Redis is unavailable, reward events for entries it does not have wait (in
+ *   Kafka, paused: pipeline.h), so a long outage makes them late: their decisions close
+ *   at their deadline with the default reward. That is the price of learning each reward
+ *   once: a close in memory alone is forgotten by a crash, and the event read again after
+ *   the restart would be learned a second time.
  * - A reward for another instance's decision costs two round trips (journal_decision,
  *   then journal_reward), because the reward function needs the decision before the join.
  * - The scripts name keys they build from ids, so Redis Cluster is not supported (hiredis
@@ -138,13 +133,16 @@ typedef enum {
     JOIN_ACCUMULATED, /* added to the entry's aggregate; it closes with its window */
     JOIN_UNKNOWN,     /* no decision with this id (never made here, or long gone) */
     JOIN_LATE,        /* the entry already closed: the event is counted and ignored */
-    JOIN_UNAVAILABLE, /* not in memory, and Redis could not be asked: counted, ignored */
+    JOIN_UNAVAILABLE, /* Redis could not take the join now (down, refusing, or its entry
+                       * not yet written back): counted; the caller keeps the event and
+                       * offers it again once Redis answers (journal_ready) */
 } JoinResult;
 
 /* Joins reward r to the entry of id. With the first rule the entry closes and *out is
- * filled. An entry held only in memory is joined there; one in Redis is joined there (one
- * round trip; none when the journal_decision just before found nothing), or, during an
- * outage, to memory's copy. */
+ * filled. An entry in Redis is joined there (one round trip; none when the
+ * journal_decision just before found nothing), or, during an outage, to memory's copy,
+ * which only Redis may close. An entry not yet in Redis is written first; while it cannot
+ * be, the answer is JOIN_UNAVAILABLE. Without a link, memory joins and closes. */
 JoinResult journal_reward(Journal *j, const char *id, size_t id_len, double r, int64_t now_ms,
                           Experience *out);
 
@@ -175,12 +173,17 @@ typedef struct {
     uint64_t redis_puts;        /* writes Redis took (a decision again after an outage) */
     uint64_t redis_fallbacks;   /* decisions made while Redis was unavailable or refusing */
     uint64_t redis_uncertain;   /* decisions whose write got no reply: written again later */
-    uint64_t redis_unavailable; /* reward events Redis could not join: ignored */
+    uint64_t redis_unavailable; /* reward events Redis could not join yet: offered again */
     uint64_t redis_errors;      /* error replies and failed round trips */
     uint64_t redis_lost;        /* entries nobody could learn: Redis dropped them first */
     bool redis_refusing;        /* Redis answers the journal's writes with errors now */
 } JournalStats;
 
 JournalStats journal_stats(const Journal *j);
+
+/* Whether a join may succeed now: no link, or Redis up and taking writes. The caller
+ * offers events that got JOIN_UNAVAILABLE again when it turns true (and at most once a
+ * second meanwhile: the refusal clears only when a write succeeds). */
+bool journal_ready(const Journal *j);
 
 #endif

@@ -62,7 +62,7 @@ typedef struct Resend {
 struct Kafka {
     rd_kafka_t *consumer;
     rd_kafka_queue_t *queue;   /* the consumer's queue, read a batch at a time */
-    rd_kafka_queue_t *rewards; /* the reward partitions' messages, read before prompts */
+    rd_kafka_queue_t *rewards; /* the reward partitions' messages: up to half of each batch */
     rd_kafka_t *producer;
     rd_kafka_topic_t *out[KAFKA_OUTPUT_COUNT];
     Input in[KAFKA_INPUT_COUNT];
@@ -71,6 +71,12 @@ struct Kafka {
     Resend *resend;
     size_t max_inflight;
     bool paused;
+
+    /* Reward events taken but not yet joined (kafka_hold), oldest first. While there are
+     * any, the reward partitions stay paused and new reward events queue behind them, so
+     * that no later offset is committed before them. */
+    rd_kafka_message_t **held;
+    size_t held_len, held_cap;
     int64_t flush_timeout_ms;
     bool fatal;
     char fatal_reason[1024];
@@ -261,6 +267,8 @@ void kafka_reconfigure(Kafka *k, const Config *c) {
 
 void kafka_close(Kafka *k) {
     if (!k) return;
+    kafka_release(k->held, (int)k->held_len); /* not done: read again after a restart */
+    free(k->held);
     if (k->queue) rd_kafka_queue_destroy(k->queue);
     if (k->rewards) rd_kafka_queue_destroy(k->rewards);
     if (k->consumer) {
@@ -477,6 +485,25 @@ int kafka_produce(Kafka *k, const rd_kafka_message_t *in, const KafkaRecord *rec
 
 /* --- backpressure --- */
 
+/* Pauses or resumes the assigned reward partitions. */
+static void pause_rewards(Kafka *k, bool pause) {
+    rd_kafka_topic_partition_list_t *assigned = NULL, *rewards;
+    if (!k->in[KAFKA_REWARDS].topic ||
+        rd_kafka_assignment(k->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    rewards = rd_kafka_topic_partition_list_new(assigned->cnt);
+    for (int i = 0; i < assigned->cnt; i++)
+        if (input_named(k, assigned->elems[i].topic) == &k->in[KAFKA_REWARDS])
+            rd_kafka_topic_partition_list_add(rewards, assigned->elems[i].topic,
+                                              assigned->elems[i].partition);
+    if (pause)
+        rd_kafka_pause_partitions(k->consumer, rewards);
+    else
+        rd_kafka_resume_partitions(k->consumer, rewards);
+    rd_kafka_topic_partition_list_destroy(rewards);
+    rd_kafka_topic_partition_list_destroy(assigned);
+}
+
 static void set_paused(Kafka *k, bool pause) {
     rd_kafka_topic_partition_list_t *assigned = NULL;
     if (rd_kafka_assignment(k->consumer, &assigned) != RD_KAFKA_RESP_ERR_NO_ERROR) return;
@@ -485,6 +512,7 @@ static void set_paused(Kafka *k, bool pause) {
     else
         rd_kafka_resume_partitions(k->consumer, assigned);
     rd_kafka_topic_partition_list_destroy(assigned);
+    if (!pause && k->held_len) pause_rewards(k, true); /* they wait for their held events */
 
     k->paused = pause;
     if (pause) pd_count(&pd_stats.pauses, 1);
@@ -569,6 +597,22 @@ static void route_rewards(Kafka *k, const rd_kafka_topic_partition_list_t *parts
     }
 }
 
+static int held_append(Kafka *k, rd_kafka_message_t *m);
+
+/* Held reward events of partitions this member gives up are let go, not done: their new
+ * owner reads them from the last commit. */
+static void drop_held(Kafka *k, const rd_kafka_topic_partition_list_t *parts) {
+    size_t kept = 0;
+    for (size_t i = 0; i < k->held_len; i++) {
+        rd_kafka_message_t *m = k->held[i];
+        if (rd_kafka_topic_partition_list_find(parts, rd_kafka_topic_name(m->rkt), m->partition))
+            rd_kafka_message_destroy(m);
+        else
+            k->held[kept++] = m;
+    }
+    k->held_len = kept;
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     Kafka *k = opaque;
@@ -583,6 +627,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_assign(rk, parts);
         route_rewards(k, parts);
         if (k->paused) rd_kafka_pause_partitions(rk, parts);
+        if (k->held_len) pause_rewards(k, true);
         return;
     }
 
@@ -609,6 +654,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         Input *in = input_named(k, parts->elems[i].topic);
         if (in) offtrack_reset(in->tracker, parts->elems[i].partition);
     }
+    drop_held(k, parts);
     if (cooperative)
         rd_kafka_incremental_unassign(rk, parts);
     else
@@ -659,6 +705,15 @@ int kafka_poll_batch(Kafka *k, rd_kafka_message_t **msgs, int max, int wait_ms, 
     int n = 0, rc = PD_OK;
     for (ssize_t i = 0; i < got; i++) {
         rd_kafka_message_t *m = msgs[i];
+        if (!m->err && k->held_len && kafka_input_of(k, m) == KAFKA_REWARDS) {
+            /* Behind held events it waits too, so that it is not committed before them.
+             * Without memory for that, promptd stops rather than commit past them. */
+            if (held_append(k, m) == 0) continue;
+            rd_kafka_message_destroy(m);
+            if (rc == PD_OK) snprintf(err, errlen, "no memory to hold reward events");
+            rc = PD_ENOMEM;
+            continue;
+        }
         if (!m->err) {
             msgs[n++] = m;
             continue;
@@ -677,5 +732,55 @@ int kafka_poll_batch(Kafka *k, rd_kafka_message_t **msgs, int max, int wait_ms, 
 }
 
 void kafka_release(rd_kafka_message_t **msgs, int n) {
-    for (int i = 0; i < n; i++) rd_kafka_message_destroy(msgs[i]);
+    for (int i = 0; i < n; i++)
+        if (msgs[i]) rd_kafka_message_destroy(msgs[i]);
+}
+
+/* --- reward events that wait --- */
+
+static bool held_reserve(Kafka *k, size_t more) {
+    if (k->held_len + more <= k->held_cap) return true;
+    size_t cap = k->held_cap ? k->held_cap : 64;
+    while (cap < k->held_len + more) cap *= 2;
+    rd_kafka_message_t **grown = realloc(k->held, cap * sizeof *grown);
+    if (!grown) return false;
+    k->held = grown;
+    k->held_cap = cap;
+    return true;
+}
+
+/* Returns 0, or -1 when out of memory. */
+static int held_append(Kafka *k, rd_kafka_message_t *m) {
+    if (!held_reserve(k, 1)) return -1;
+    k->held[k->held_len++] = m;
+    return 0;
+}
+
+int kafka_hold(Kafka *k, rd_kafka_message_t **msgs, int n) {
+    if (n <= 0) return PD_OK;
+    if (!held_reserve(k, (size_t)n)) return PD_ENOMEM;
+    bool first = k->held_len == 0;
+    memmove(k->held + n, k->held, k->held_len * sizeof *k->held);
+    for (int i = 0; i < n; i++) {
+        k->held[i] = msgs[i];
+        msgs[i] = NULL;
+    }
+    k->held_len += (size_t)n;
+    if (first) pause_rewards(k, true);
+    return PD_OK;
+}
+
+int kafka_take_held(Kafka *k, rd_kafka_message_t **msgs, int max) {
+    size_t n = k->held_len < (size_t)max ? k->held_len : (size_t)max;
+    memcpy(msgs, k->held, n * sizeof *msgs);
+    k->held_len -= n;
+    memmove(k->held, k->held + n, k->held_len * sizeof *k->held);
+    /* Offered again and joined, or held again (kafka_hold pauses again): either way
+     * reading on is safe once nothing older waits. */
+    if (!k->held_len && n) pause_rewards(k, k->paused);
+    return (int)n;
+}
+
+size_t kafka_held(const Kafka *k) {
+    return k->held_len;
 }

@@ -69,8 +69,22 @@ KafkaInput kafka_input_of(const Kafka *k, const rd_kafka_message_t *m);
  * its offset becomes committable in turn. */
 void kafka_done(Kafka *k, const rd_kafka_message_t *m);
 
-/* Releases messages taken by kafka_poll_batch. */
+/* Releases messages taken by kafka_poll_batch (NULL slots are skipped). */
 void kafka_release(rd_kafka_message_t **msgs, int n);
+
+/* Keeps reward events msgs[0..n) taken but not yet joined (the journal could not take
+ * them: Redis unavailable), in their order and ahead of any kept before; their slots
+ * become NULL. Until every kept event is taken back, the reward partitions are paused and
+ * reward events still arriving are kept behind them, so that no later offset is committed
+ * first. Returns 0, or PD_ENOMEM (nothing is kept). */
+int kafka_hold(Kafka *k, rd_kafka_message_t **msgs, int n);
+
+/* Takes back up to max kept reward events, oldest first, to be offered again (and done,
+ * or kept again); the reward partitions resume once none is left. Returns how many. */
+int kafka_take_held(Kafka *k, rd_kafka_message_t **msgs, int max);
+
+/* Reward events kept by kafka_hold. */
+size_t kafka_held(const Kafka *k);
 
 /* Serves delivery reports (waiting up to timeout_ms for one), stores commit points,
  * re-sends failed deliveries and pauses or resumes the input. Returns 0, or PD_EFATAL with

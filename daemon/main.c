@@ -555,7 +555,8 @@ static int start(Service *s) {
                s->pipeline ? err : "out of memory");
         return PD_EXIT_SOFTWARE;
     }
-    pipeline_tick(s->pipeline, pd_wall_ms()); /* the restored or fresh policy */
+    /* The restored or fresh policy; nothing is held yet, so it cannot fail. */
+    pipeline_tick(s->pipeline, pd_wall_ms(), err, sizeof err);
     if (resize_batch(s)) {
         pd_log(PD_LOG_ERR, PD_MOD_MAIN, "out of memory at start-up");
         return PD_EXIT_SOFTWARE;
@@ -619,7 +620,8 @@ static void swap_model(Service *s) {
 /* A surge (a backlog after a Redis restart or an outage) grows the journal and the batches
  * for a while; once it has drained, glibc keeps the freed pages unless asked, and resident
  * memory would stay at the surge's peak for good, which reads as a leak on a dashboard.
- * Every 10 s, free pages go back to the system (a walk of the arenas: well under 1 ms). */
+ * Every 10 s, free pages go back to the system. The cost is a walk of the arenas, which
+ * grows with the heap; the soak (tests/soak.c) serves at its rate with this in place. */
 static void give_back_memory(void) {
 #ifdef __GLIBC__
     malloc_trim(0);
@@ -650,7 +652,10 @@ static int serve(Service *s) {
         }
         swap_pack(s);
         swap_model(s);
-        pipeline_tick(s->pipeline, pd_wall_ms());
+        if (pipeline_tick(s->pipeline, pd_wall_ms(), err, sizeof err)) {
+            pd_log(PD_LOG_CRIT, PD_MOD_MAIN, "stopping: %s", err);
+            return PD_EXIT_TEMPFAIL;
+        }
         observe_heartbeat();
         notify_watchdog();
         if (pd_mono_ms() >= next_tick) {

@@ -200,7 +200,8 @@ static void render_rewards(MetricsWriter *w, const JournalStats *j, double mean)
         metrics_family(w, "promptd_journal_redis_total", METRICS_COUNTER,
                        "The journal's dealings with Redis: writes taken, decisions kept in "
                        "memory only (Redis unavailable), writes without a reply (sent again), "
-                       "reward events Redis could not join, errors, entries Redis lost.");
+                       "reward events Redis could not join yet (offered again), errors, entries "
+                       "Redis lost.");
         metrics_value1(w, "event", "put", (double)j->redis_puts);
         metrics_value1(w, "event", "fallback", (double)j->redis_fallbacks);
         metrics_value1(w, "event", "uncertain", (double)j->redis_uncertain);
@@ -216,6 +217,10 @@ static void render_rewards(MetricsWriter *w, const JournalStats *j, double mean)
     metrics_value1(w, "outcome", "unknown", (double)j->unknown);
     metrics_value1(w, "outcome", "no_reward", (double)pd_read(&pd_stats.rewards_none));
     metrics_value1(w, "outcome", "error", (double)pd_read(&pd_stats.reward_errors));
+    metrics_gauge(w, "promptd_reward_events_waiting",
+                  "Reward events kept unjoined, their partitions paused, until the journal "
+                  "can record them (Redis unavailable or refusing writes).",
+                  (double)pd_read(&pd_stats.rewards_waiting));
     metrics_counter(w, "promptd_journal_expired_total",
                     "Decisions whose reward window closed with no event.", (double)j->expired);
     metrics_counter(w, "promptd_journal_evicted_total",

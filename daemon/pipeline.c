@@ -55,7 +55,9 @@ struct Pipeline {
     float *x;       /* one state */
     size_t x_cap;
     float features[PACK_FEATURES_MAX];
-    float *policy_copy; /* where a new policy from the learner lands */
+    float *policy_copy;     /* where a new policy from the learner lands */
+    uint64_t held_retry_ms; /* when held reward events are next offered again */
+    bool rewards_wait;      /* reward events wait for the journal (logged once) */
     int32_t *norm_work;
     size_t norm_work_cap;
     bool *eligible; /* one flag per template of the pack */
@@ -557,17 +559,18 @@ static void reward_session(Pipeline *p, const json_t *decision, double r) {
                          r, pd_wall_ms());
 }
 
-/* Scores an event with the pack's reward() and joins it to its decision's journal entry. */
-static void join_reward(Pipeline *p, const RewardEvent *ev) {
+/* Scores an event with the pack's reward() and joins it to its decision's journal entry.
+ * Returns false when the journal cannot take it yet (Redis unavailable): it must wait. */
+static bool join_reward(Pipeline *p, const RewardEvent *ev) {
     char err[1024];
     const char *text = journal_decision(p->parts.journal, ev->id, ev->id_len);
     Experience e;
-    if (!text) {
-        journal_reward(p->parts.journal, ev->id, ev->id_len, 0, pd_wall_ms(), &e); /* counts */
-        return;
-    }
+    if (!text) /* counted as unknown or late, or it waits for Redis */
+        return journal_reward(p->parts.journal, ev->id, ev->id_len, 0, pd_wall_ms(), &e) !=
+               JOIN_UNAVAILABLE;
 
     double r = 0;
+    bool waits = false;
     json_t *decision = json_loads(text, 0, NULL);
     int rc = decision ? pack_reward(p->pack, ev->root, decision, &r, err, sizeof err) : -1;
     if (rc < 0) {
@@ -578,33 +581,78 @@ static void join_reward(Pipeline *p, const RewardEvent *ev) {
     } else {
         if (r > p->reward_clip) r = p->reward_clip;
         if (r < -p->reward_clip) r = -p->reward_clip;
-        reward_session(p, decision, r);
-        if (journal_reward(p->parts.journal, ev->id, ev->id_len, r, pd_wall_ms(), &e) ==
-            JOIN_CLOSED)
-            submit(p, &e);
+        JoinResult joined =
+            journal_reward(p->parts.journal, ev->id, ev->id_len, r, pd_wall_ms(), &e);
+        if (joined == JOIN_CLOSED) submit(p, &e);
+        waits = joined == JOIN_UNAVAILABLE;
+        if (!waits) reward_session(p, decision, r); /* once, when the event is taken */
     }
     json_decref(decision);
+    return !waits;
 }
 
 /* A reward event: joined, or a dead letter when it cannot be read. Its offset is done
- * once it is joined (reward events produce no output). */
-static int process_reward(Pipeline *p, rd_kafka_message_t *m, char *err, size_t errlen) {
+ * once it is joined (reward events produce no output). Sets *waits, leaving it not done,
+ * when the journal cannot take it yet. */
+static int process_reward(Pipeline *p, rd_kafka_message_t *m, bool *waits, char *err,
+                          size_t errlen) {
     RewardEvent ev;
     char why[512];
-    pd_count(&pd_stats.rewards_consumed, 1);
     MsgReason reason = msg_decode_reward(&ev, m->payload, m->len, p->max_bytes, why, sizeof why);
     if (reason != MSG_OK) {
+        pd_count(&pd_stats.rewards_consumed, 1);
         Slot s = {.m = m, .reason = reason};
         snprintf(s.why, sizeof s.why, "reward event: %s", why);
         return produce_dead_letter(p, &s, err, errlen);
     }
-    join_reward(p, &ev);
+    *waits = !join_reward(p, &ev);
     msg_reward_free(&ev);
+    if (*waits) return PD_OK;
+    pd_count(&pd_stats.rewards_consumed, 1);
     kafka_done(p->kafka, m);
     return PD_OK;
 }
 
-void pipeline_tick(Pipeline *p, int64_t now_ms) {
+/* Reward events msgs[0..n), in order. From the first that must wait, they are kept by
+ * kafka_hold (their slots become NULL) and offered again by run_held. */
+static int run_rewards(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_t errlen) {
+    for (int i = 0; i < n; i++) {
+        bool waits = false;
+        int rc = process_reward(p, msgs[i], &waits, err, errlen);
+        if (rc) return rc;
+        if (!waits) continue;
+
+        if (!p->rewards_wait) /* once per episode: the retries take them back and forth */
+            pd_log(PD_LOG_WARNING, PD_MOD_LEARNER,
+                   "reward events wait: the journal cannot record their joins (redis "
+                   "unavailable or refusing writes); they are read again when it can");
+        p->rewards_wait = true;
+        if (kafka_hold(p->kafka, msgs + i, n - i) == PD_OK) return PD_OK;
+        snprintf(err, errlen, "no memory to hold %d reward events", n - i);
+        return PD_ENOMEM;
+    }
+    return PD_OK;
+}
+
+/* Offers the held reward events again: soon when the journal is ready, else once a
+ * second (a refusal clears only when a write succeeds). */
+static int run_held(Pipeline *p, char *err, size_t errlen) {
+    uint64_t now = pd_mono_ms();
+    if (!kafka_held(p->kafka) || now < p->held_retry_ms) return PD_OK;
+    p->held_retry_ms = now + (journal_ready(p->parts.journal) ? 100 : 1000);
+
+    rd_kafka_message_t *msgs[256];
+    int n = kafka_take_held(p->kafka, msgs, (int)PD_ARRAY_LEN(msgs));
+    int rc = run_rewards(p, msgs, n, err, errlen);
+    kafka_release(msgs, n);
+    if (rc == PD_OK && p->rewards_wait && !kafka_held(p->kafka)) {
+        pd_log(PD_LOG_NOTICE, PD_MOD_LEARNER, "reward events are joined again");
+        p->rewards_wait = false;
+    }
+    return rc;
+}
+
+int pipeline_tick(Pipeline *p, int64_t now_ms, char *err, size_t errlen) {
     Experience closed[64];
     size_t n;
     while ((n = journal_expire(p->parts.journal, now_ms, closed, PD_ARRAY_LEN(closed))) > 0)
@@ -616,6 +664,9 @@ void pipeline_tick(Pipeline *p, int64_t now_ms) {
     float *params = p->policy_copy ? p->policy_copy : (p->policy_copy = malloc(count * 4));
     if (params && learner_poll(p->parts.learner, params, &version))
         selector_set_policy(p->parts.selector, params, version);
+    int rc = run_held(p, err, errlen);
+    atomic_store_explicit(&pd_stats.rewards_waiting, kafka_held(p->kafka), memory_order_relaxed);
+    return rc;
 }
 
 /* --- a batch --- */
@@ -652,6 +703,6 @@ int pipeline_run(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_
         msgs[i] = t;
     }
     if (np) rc = run_prompts(p, msgs, np, err, errlen);
-    for (int i = np; rc == PD_OK && i < n; i++) rc = process_reward(p, msgs[i], err, errlen);
+    if (rc == PD_OK) rc = run_rewards(p, msgs + np, n - np, err, errlen);
     return rc;
 }

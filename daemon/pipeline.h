@@ -71,7 +71,10 @@ Model *pipeline_use_model(Pipeline *p, Model *model, char *err, size_t errlen);
 int pipeline_run(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_t errlen);
 
 /* Between batches: closes the decisions whose reward window ended (handing them to the
- * learner) and picks up a newer policy. */
-void pipeline_tick(Pipeline *p, int64_t now_ms);
+ * learner), picks up a newer policy, and offers again the reward events that had to wait
+ * for the journal (Redis unavailable: they are kept, in order, with their partitions
+ * paused, and done only once joined, so that a crash reads them again rather than a
+ * close in memory being forgotten). Returns 0, or an error as pipeline_run. */
+int pipeline_tick(Pipeline *p, int64_t now_ms, char *err, size_t errlen);
 
 #endif

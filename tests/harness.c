@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../daemon/metrics.h"
+
 long long harness_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -286,4 +288,43 @@ double harness_seconds(void) {
 int harness_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+double harness_metric(const char *target, const char *line_start) {
+    static char body[1 << 18];
+    char err[256];
+    int status = 0;
+    if (metrics_client_request(target, "GET", "/metrics", 5000, &status, body, sizeof body, err,
+                               sizeof err) ||
+        status != 200)
+        return -1;
+    const char *at = strstr(body, line_start);
+    return at ? strtod(at + strlen(line_start), NULL) : -1;
+}
+
+/* Counts the "experience id=<prefix>N" lines of the log per N into learned[]; returns the
+ * number of lines, or -1 when the log cannot be read. The lines are promptd's with
+ * log.debug=learner. */
+int harness_count_experiences(const char *log, const char *prefix, int *learned, int n) {
+    char needle[64];
+    int lines = 0;
+    snprintf(needle, sizeof needle, "experience id=%s", prefix);
+    char *text = harness_read_file(log, NULL);
+    if (!text) return -1;
+    memset(learned, 0, (size_t)n * sizeof *learned);
+    for (char *p = text; (p = strstr(p, needle)); p += strlen(needle)) {
+        int i = atoi(p + strlen(needle));
+        if (i >= 0 && i < n) learned[i]++;
+        lines++;
+    }
+    free(text);
+    return lines;
+}
+
+int harness_count_text(const char *path, const char *needle) {
+    char *text = harness_read_file(path, NULL);
+    int n = 0;
+    for (const char *p = text; p && (p = strstr(p, needle)); p++) n++;
+    free(text);
+    return n;
 }

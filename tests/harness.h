@@ -60,6 +60,18 @@ int harness_wait_file(const char *path, int timeout_ms);
 /* Waits until the file contains needle. Returns 0 or -1 after timeout_ms. */
 int harness_wait_text(const char *path, const char *needle, int timeout_ms);
 
+/* A metric of promptd's, read from /metrics at target (an admin socket path, or
+ * host:port): the number after line_start ("\nname{labels} "), or -1 when the page cannot
+ * be read or has no such line. */
+double harness_metric(const char *target, const char *line_start);
+
+/* Counts promptd's "experience id=<prefix>N" lines (log.debug=learner) in log per N into
+ * learned[0..n); returns the number of lines, or -1 when the log cannot be read. */
+int harness_count_experiences(const char *log, const char *prefix, int *learned, int n);
+
+/* How many times needle occurs in the file at path (0 when it cannot be read). */
+int harness_count_text(const char *path, const char *needle);
+
 /* Follows a growing file line by line, as tail -f does. */
 typedef struct {
     int fd;

@@ -28,7 +28,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../daemon/metrics.h"
 #include "../daemon/mockbroker.h"
 #include "harness.h"
 #include "redis_harness.h"
@@ -129,21 +128,7 @@ static bool decided(Soak *s, long unique, int timeout_ms) {
     return false;
 }
 
-#define JOINED "promptd_reward_events_total{outcome=\"joined\"}"
-
-/* A metric of promptd's, read through its admin socket; -1 when it cannot be read. */
-static double metric(const char *admin, const char *name) {
-    static char body[1 << 18];
-    char err[256], needle[200];
-    int status = 0;
-    if (metrics_client_request(admin, "GET", "/metrics", 5000, &status, body, sizeof body, err,
-                               sizeof err) ||
-        status != 200)
-        return -1;
-    snprintf(needle, sizeof needle, "\n%s ", name);
-    const char *at = strstr(body, needle);
-    return at ? strtod(at + strlen(needle), NULL) : -1;
-}
+#define JOINED "\npromptd_reward_events_total{outcome=\"joined\"} "
 
 static long least(const long *v, int n) {
     long m = v[0];
@@ -233,7 +218,7 @@ int main(int argc, char **argv) {
     if (!decided(&s, 1000, 60000)) die("the first 1,000 prompts were not decided");
     double t0 = harness_seconds();
     for (; sent < WARMUP_COUNT; sent++) prompt(&s, sent);
-    for (long long end = harness_now_ms() + 300000; metric(admin, JOINED) < WARMUP_COUNT;) {
+    for (long long end = harness_now_ms() + 300000; harness_metric(admin, JOINED) < WARMUP_COUNT;) {
         if (harness_now_ms() > end) die("the burst's rewards were not joined");
         usleep(20000);
     }
@@ -281,7 +266,7 @@ int main(int argc, char **argv) {
         printf("%6d %10ld %9ld %8.0f %8.1f %8.1f %5d %9.0f  %s%s\n", minute, unique,
                atomic_load(&s.duplicates), (double)(unique - prev_unique) / (now - prev),
                (double)rss_min[minute] / 1024, (double)rss_max[minute] / 1024, fds,
-               metric(admin, "promptd_journal_memory_entries"), event,
+               harness_metric(admin, "\npromptd_journal_memory_entries "), event,
                minute == (minutes + 4) / 5 ? (*event ? ", warm" : "warm") : "");
         fflush(stdout);
         prev_unique = unique, prev = now;

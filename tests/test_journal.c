@@ -635,24 +635,29 @@ Test(redis, an_outage_during_joins_falls_back_and_learns_everything_once) {
     worst = ids_reward(a, 'p', 1, 5, 5, seen, JOIN_ACCUMULATED);
     cr_expect_lt(worst, CMD_MS, "a join waited %lld ms while Redis is known down", worst);
 
-    /* Decisions made during the outage are memory's alone, and closed there. */
+    /* Decisions made during the outage are memory's alone; their events wait, since a
+     * close in memory would be forgotten by a crash. */
     ids_put(a, 'q', 10, 20, 10);
     long long t0 = harness_now_ms();
     flush(a, 20);
     cr_expect_lt(harness_now_ms() - t0, CMD_MS, "no wait while Redis is known down");
-    ids_reward(a, 'q', 10, 15, 30, seen, JOIN_CLOSED);
+    ids_reward(a, 'q', 10, 15, 30, seen, JOIN_UNAVAILABLE);
     JournalStats s = journal_stats(a);
     cr_expect_eq(s.redis_fallbacks, 10, "fallbacks %llu", (unsigned long long)s.redis_fallbacks);
-    cr_expect_eq(s.redis_unavailable, 1);
-    cr_expect_eq(s.open, 15, "p0..p9 and q15..q19");
+    cr_expect_eq(s.redis_unavailable, 6);
+    cr_expect_eq(s.open, 20, "p0..p9 and q10..q19");
+    cr_expect(!journal_ready(a), "ready while Redis is down");
 
-    /* Redis returns empty (no persistence): memory writes back all it holds. */
+    /* Redis returns empty (no persistence): memory writes back all it holds, and the
+     * events that waited are joined there. */
     cr_assert_eq(rserver_restart(&srv), 0);
     cr_assert(wait_up(links[0], 5000), "no reconnect");
     flush(a, 40);
+    cr_expect(journal_ready(a), "not ready once Redis is back");
     s = journal_stats(a);
-    cr_expect_eq(s.redis_puts, 25, "puts %llu", (unsigned long long)s.redis_puts);
-    cr_expect_eq(rreward(a, "q10", 1, 50, NULL), JOIN_LATE, "closed during the outage");
+    cr_expect_eq(s.redis_puts, 30, "puts %llu", (unsigned long long)s.redis_puts);
+    ids_reward(a, 'q', 10, 15, 45, seen, JOIN_CLOSED);
+    cr_expect_eq(rreward(a, "q10", 1, 50, NULL), JOIN_LATE, "closed once Redis was back");
     ids_reward(a, 'q', 15, 16, 50, seen, JOIN_CLOSED);
     cr_expect_eq(drain(a, 1100, seen, 20), 14, "p0..p9 and q16..q19 close with their windows");
     for (int i = 0; i < 20; i++) cr_expect_eq(seen[i], 1, "#%d learned %d times", i, seen[i]);
@@ -713,13 +718,16 @@ Test(redis, error_replies_keep_decisions_in_memory_until_redis_accepts) {
               (unsigned long long)s.redis_puts, (unsigned long long)s.redis_fallbacks,
               (unsigned long long)s.redis_errors);
     cr_expect_eq(logged("redis refused a journal write"), 1, "once per episode");
-    cr_expect_eq(rreward(a, "a", 1, 3, &e), JOIN_CLOSED, "joined in memory");
-    experience_free(&e);
+    cr_expect_eq(rreward(a, "a", 1, 3, &e), JOIN_UNAVAILABLE, "joined where a crash forgets it");
+    cr_expect(!journal_ready(a), "ready while Redis refuses");
 
     cr_assert(rserver_run(&srv, 0, "CONFIG SET maxmemory 0"));
     flush(a, 4);
-    cr_expect_eq(journal_stats(a).redis_puts, 1);
+    cr_expect_eq(journal_stats(a).redis_puts, 2);
     cr_expect_eq(logged("redis accepts journal writes again"), 1);
+    cr_expect(journal_ready(a));
+    cr_expect_eq(rreward(a, "a", 1, 5, &e), JOIN_CLOSED, "joined in Redis once it has room");
+    experience_free(&e);
     cr_expect_eq(drain(a, 1001, NULL, 0), 1);
 }
 

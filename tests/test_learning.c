@@ -158,23 +158,12 @@ static void kcat(const char *bootstrap, const char *topic, const char *file) {
     cr_assert_eq(proc_wait(&p, 60000), 0, "kcat could not produce %s", file);
 }
 
-static double metric(const char *admin, const char *line_start) {
-    char body[1 << 16], err[256];
-    int status = 0;
-    if (metrics_client_request(admin, "GET", "/metrics", 5000, &status, body, sizeof body, err,
-                               sizeof err) ||
-        status != 200)
-        return -1;
-    const char *at = strstr(body, line_start);
-    return at ? strtod(at + strlen(line_start), NULL) : -1;
-}
-
 /* Polls a metric until it is at least min or timeout_ms passes; returns its last value. */
 static double metric_reaching(const char *admin, const char *line_start, double min,
                               int timeout_ms) {
     long long end = harness_now_ms() + timeout_ms;
     double v;
-    while ((v = metric(admin, line_start)) < min && harness_now_ms() < end) usleep(100000);
+    while ((v = harness_metric(admin, line_start)) < min && harness_now_ms() < end) usleep(100000);
     return v;
 }
 
@@ -188,20 +177,23 @@ static void write_rewards(const char *path, const char *prefix, int n) {
     fclose(f);
 }
 
+/* promptd with its journal in Redis; extra: more --set values, NULL-terminated, or NULL. */
 static void start_with_redis(Proc *p, const char *dir, const char *bootstrap, const char *url,
-                             const char *admin, const char *log) {
+                             const char *admin, const char *log, const char *const *extra) {
     char sets[5][700];
     snprintf(sets[0], sizeof sets[0], "kafka.brokers=%s", bootstrap);
     snprintf(sets[1], sizeof sets[1], "redis.url=%s", url);
     snprintf(sets[2], sizeof sets[2], "admin.socket=%s", admin);
     snprintf(sets[3], sizeof sets[3], "learner.checkpoint_dir=%s/state", dir);
     snprintf(sets[4], sizeof sets[4], "reward.window=10m");
-    char *argv[20];
+    char *argv[40];
     int n = 0;
     argv[n++] = (char *)harness_promptd();
     for (int i = 0; i < 5; i++) argv[n++] = "--set", argv[n++] = sets[i];
     argv[n++] = "--set", argv[n++] = "metrics.listen=127.0.0.1:0";
     argv[n++] = "--set", argv[n++] = "kafka.consumer.session.timeout.ms=6000";
+    for (int i = 0; extra && extra[i] && n < 36; i++)
+        argv[n++] = "--set", argv[n++] = (char *)extra[i];
     argv[n] = NULL;
     cr_assert_eq(proc_start(p, argv, NULL, NULL, log), 0);
     cr_assert_eq(harness_wait_text(log, "serving:", 30000), 0, "promptd did not start");
@@ -225,28 +217,94 @@ Test(learning, rewards_join_decisions_of_a_previous_run_through_redis) {
     snprintf(log, sizeof log, "%s/promptd.log", dir);
 
     Proc first;
-    start_with_redis(&first, dir, bootstrap, url, admin, log);
+    start_with_redis(&first, dir, bootstrap, url, admin, log, NULL);
     snprintf(prompts, sizeof prompts, "%s/prompts.tsv", dir);
     cr_assert_eq(harness_write_prompts(prompts, "j-", n), 0);
     kcat(bootstrap, "promptd.prompts", prompts);
     metric_reaching(admin, "\npromptd_decisions_total ", n, 60000);
-    cr_assert_eq(metric(admin, "\npromptd_decisions_total "), n, "the first run decided less");
+    cr_assert_eq(harness_metric(admin, "\npromptd_decisions_total "), n,
+                 "the first run decided less");
     proc_signal(&first, SIGTERM);
     cr_assert_eq(proc_wait(&first, 30000), 0);
 
     /* The next run never saw these decisions: only Redis did. */
     Proc second;
-    start_with_redis(&second, dir, bootstrap, url, admin, log);
+    start_with_redis(&second, dir, bootstrap, url, admin, log, NULL);
     snprintf(rewards, sizeof rewards, "%s/rewards.tsv", dir);
     write_rewards(rewards, "j-", n);
     kcat(bootstrap, TOPIC_REWARDS, rewards);
     const char *joined = "\npromptd_reward_events_total{outcome=\"joined\"} ";
     metric_reaching(admin, joined, n, 60000);
-    cr_expect_eq(metric(admin, joined), n, "rewards for the previous run's decisions not joined");
-    cr_expect_eq(metric(admin, "\npromptd_reward_events_total{outcome=\"unknown\"} "), 0);
+    cr_expect_eq(harness_metric(admin, joined), n,
+                 "rewards for the previous run's decisions not joined");
+    cr_expect_eq(harness_metric(admin, "\npromptd_reward_events_total{outcome=\"unknown\"} "), 0);
 
     proc_signal(&second, SIGTERM);
     cr_expect_eq(proc_wait(&second, 30000), 0);
+    mockbroker_stop(broker);
+    rserver_stop(&redis);
+    harness_cleanup();
+}
+
+/* promptd killed while Redis is down and reward events wait: after the restart (Redis
+ * back, empty) every reward is learned exactly once. Prompt offsets are committed rarely
+ * here, so the restart decides the prompts again; a reward closed in memory during the
+ * outage would then be learned a second time. */
+Test(learning, a_crash_while_redis_is_down_learns_each_reward_once) {
+    const char *dir = harness_tmpdir();
+    char err[256], url[300], admin[600], log[600], prompts[600], rewards[600];
+    RedisServer redis;
+    MockBroker *broker = NULL;
+    const char *topics[] = {"promptd.prompts", "promptd.decisions", "promptd.dead-letters",
+                            TOPIC_REWARDS};
+    const char *const extra[] = {"log.debug=learner",
+                                 "kafka.consumer.auto.commit.interval.ms=600000",
+                                 "redis.command_timeout=200ms", NULL};
+    const int n = 300;
+    int learned[300];
+    cr_assert_eq(rserver_start(&redis, NULL), 0, "redis-server did not start");
+    cr_assert_eq(mockbroker_start(&broker, 1, topics, 4, 4, err, sizeof err), 0, "%s", err);
+    const char *bootstrap = mockbroker_bootstraps(broker);
+    rserver_url(&redis, 0, url, sizeof url);
+    snprintf(admin, sizeof admin, "%s/admin.sock", dir);
+    snprintf(log, sizeof log, "%s/promptd.log", dir);
+    Proc p;
+    start_with_redis(&p, dir, bootstrap, url, admin, log, extra);
+
+    /* Redis dies; the prompts are decided (in memory), their rewards come and wait. */
+    rserver_kill(&redis);
+    snprintf(prompts, sizeof prompts, "%s/prompts.tsv", dir);
+    cr_assert_eq(harness_write_prompts(prompts, "k-", n), 0);
+    kcat(bootstrap, "promptd.prompts", prompts);
+    metric_reaching(admin, "\npromptd_decisions_total ", n, 60000);
+    cr_assert_eq(harness_metric(admin, "\npromptd_decisions_total "), n, "prompts undecided");
+    snprintf(rewards, sizeof rewards, "%s/rewards.tsv", dir);
+    write_rewards(rewards, "k-", n);
+    kcat(bootstrap, TOPIC_REWARDS, rewards);
+    cr_expect_gt(metric_reaching(admin, "\npromptd_reward_events_waiting ", 1, 30000), 0,
+                 "no reward event waits");
+    usleep(1500 * 1000);
+    cr_expect_eq(harness_count_experiences(log, "k-", learned, n), 0,
+                 "learned while Redis could not record it");
+
+    /* The crash, then Redis back (empty) and promptd again: prompts and rewards re-read. */
+    proc_signal(&p, SIGKILL);
+    proc_wait(&p, 10000);
+    cr_assert_eq(rserver_restart(&redis), 0);
+    start_with_redis(&p, dir, bootstrap, url, admin, log, extra);
+    const char *joined = "\npromptd_reward_events_total{outcome=\"joined\"} ";
+    metric_reaching(admin, joined, n, 90000);
+    cr_expect_eq(harness_metric(admin, joined), n, "rewards not joined after the restart");
+    proc_signal(&p, SIGTERM);
+    cr_expect_eq(proc_wait(&p, 30000), 0);
+
+    int lines = harness_count_experiences(log, "k-", learned, n);
+    int once = 0, twice = 0;
+    for (int i = 0; i < n; i++) once += learned[i] == 1, twice += learned[i] > 1;
+    cr_log_info("crash during a Redis outage: %d experiences, %d ids learned once, %d twice", lines,
+                once, twice);
+    cr_expect_eq(twice, 0, "%d rewards learned twice", twice);
+    cr_expect_eq(once, n, "%d of %d rewards learned", once, n);
     mockbroker_stop(broker);
     rserver_stop(&redis);
     harness_cleanup();
@@ -277,8 +335,8 @@ Test(learning, online_triplets_tune_the_head_and_serve_it_across_restart) {
     json_decref(first);
     cr_expect_eq(harness_wait_text(d.log, "projection head fine-tuned on", 20000), 0,
                  "no fine-tuned head took over");
-    cr_expect_geq(metric(admin, "\npromptd_encoder_head_tunes_total "), 1);
-    cr_expect_gt(metric(admin, "\npromptd_decisions_total "), 1999);
+    cr_expect_geq(harness_metric(admin, "\npromptd_encoder_head_tunes_total "), 1);
+    cr_expect_gt(harness_metric(admin, "\npromptd_decisions_total "), 1999);
     cr_expect(access(tuned, F_OK) == 0, "no %s", tuned);
 
     /* The restart serves the tuned model, and the policy checkpointed on it. */
@@ -332,8 +390,8 @@ static void health(const char *admin, char *body, size_t len) {
  * rate-limited, counted, /healthz degraded); with it off, they succeed again. */
 static void serve_through(Daemon *d, const char *admin, const DiskFault *f, const char *seed) {
     char body[4096];
-    double saved = metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} ");
-    double failed = metric(admin, "\npromptd_checkpoints_total{result=\"error\"} ");
+    double saved = harness_metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} ");
+    double failed = harness_metric(admin, "\npromptd_checkpoints_total{result=\"error\"} ");
     size_t from = 0;
     char *before = harness_read_file(d->log, &from);
     free(before);
@@ -342,7 +400,7 @@ static void serve_through(Daemon *d, const char *admin, const DiskFault *f, cons
     json_t *during = simulate(d, "1500", seed);
     cr_expect_eq(number(during, "decisions"), 1500, "prompts went undecided without checkpoints");
     json_decref(during);
-    cr_expect_gt(metric(admin, "\npromptd_checkpoints_total{result=\"error\"} "), failed);
+    cr_expect_gt(harness_metric(admin, "\npromptd_checkpoints_total{result=\"error\"} "), failed);
     health(admin, body, sizeof body);
     cr_expect(strstr(body, "degraded") && strstr(body, "checkpoints failing"), "%s", body);
 
@@ -361,7 +419,7 @@ static void serve_through(Daemon *d, const char *admin, const DiskFault *f, cons
     f->off(d);
     json_t *after = simulate(d, "300", seed);
     json_decref(after);
-    cr_expect_gt(metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} "), saved);
+    cr_expect_gt(harness_metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} "), saved);
     health(admin, body, sizeof body);
     cr_expect_null(strstr(body, "checkpoints failing"), "%s", body);
 }
@@ -377,7 +435,7 @@ static void start_checkpointing(Daemon *d, char *admin, size_t len) {
     daemon_start(d, extra);
     json_t *first = simulate(d, "500", "3");
     json_decref(first);
-    cr_assert_gt(metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} "), 0,
+    cr_assert_gt(harness_metric(admin, "\npromptd_checkpoints_total{result=\"ok\"} "), 0,
                  "no checkpoint before the fault");
 }
 
@@ -480,8 +538,9 @@ static bool health_says(const char *admin, const char *needle) {
 }
 
 /* Redis refusing writes (maxmemory reached, noeviction): prompts are still all decided, the
- * journal keeps its decisions in memory (counted as fallbacks) and joins their rewards;
- * once Redis has room again, new decisions are written to it. */
+ * journal keeps its decisions in memory (counted as fallbacks), and their reward events
+ * wait, unjoined and uncommitted; once Redis has room again, the decisions are written to
+ * it and every event is joined there. */
 Test(learning, redis_refusing_writes_degrades_and_recovers) {
     const char *dir = harness_tmpdir();
     char err[256], url[300], admin[600], log[600], prompts[600], rewards[600];
@@ -509,28 +568,41 @@ Test(learning, redis_refusing_writes_degrades_and_recovers) {
     snprintf(admin, sizeof admin, "%s/admin.sock", dir);
     snprintf(log, sizeof log, "%s/promptd.log", dir);
     Proc p;
-    start_with_redis(&p, dir, bootstrap, url, admin, log);
+    start_with_redis(&p, dir, bootstrap, url, admin, log, NULL);
 
     snprintf(prompts, sizeof prompts, "%s/prompts.tsv", dir);
     cr_assert_eq(harness_write_prompts(prompts, "o-", n), 0);
     kcat(bootstrap, "promptd.prompts", prompts);
     metric_reaching(admin, "\npromptd_decisions_total ", n, 60000);
-    cr_expect_eq(metric(admin, "\npromptd_decisions_total "), n, "prompts undecided");
+    cr_expect_eq(harness_metric(admin, "\npromptd_decisions_total "), n, "prompts undecided");
     const char *fallbacks = "\npromptd_journal_redis_total{event=\"fallback\"} ";
     metric_reaching(admin, fallbacks, 1, 20000);
-    cr_expect_gt(metric(admin, fallbacks), 0, "the refused journal writes were not counted");
+    cr_expect_gt(harness_metric(admin, fallbacks), 0,
+                 "the refused journal writes were not counted");
     cr_expect(health_says(admin, "redis refusing writes"), "/healthz does not say so");
 
     snprintf(rewards, sizeof rewards, "%s/rewards.tsv", dir);
     write_rewards(rewards, "o-", n);
     kcat(bootstrap, TOPIC_REWARDS, rewards);
     const char *joined = "\npromptd_reward_events_total{outcome=\"joined\"} ";
-    metric_reaching(admin, joined, n, 60000);
-    cr_expect_eq(metric(admin, joined), n, "rewards of decisions kept in memory not joined");
+    const char *waiting = "\npromptd_reward_events_waiting ";
+    cr_expect_gt(metric_reaching(admin, waiting, 1, 30000), 0, "no reward event waits");
+    usleep(1500 * 1000); /* a retry or two */
+    cr_expect_eq(harness_metric(admin, joined), 0, "joined while Redis cannot record it");
+    cr_expect_gt(harness_metric(admin, waiting), 0);
 
-    /* Room again: the next decisions reach Redis. */
+    /* Room again: the decisions reach Redis, and the waiting events are joined there. */
+    double puts = harness_metric(admin, "\npromptd_journal_redis_total{event=\"put\"} ");
     cr_assert(rserver_run(&redis, 0, "CONFIG SET maxmemory 0"));
-    double puts = metric(admin, "\npromptd_journal_redis_total{event=\"put\"} ");
+    metric_reaching(admin, joined, n, 60000);
+    cr_expect_eq(harness_metric(admin, joined), n, "rewards not joined once Redis had room");
+    cr_expect_eq(harness_metric(admin, waiting), 0, "events still wait");
+    cr_expect_geq(harness_metric(admin, "\npromptd_journal_redis_total{event=\"put\"} "), puts + n,
+                  "the decisions kept in memory were not written");
+    cr_expect_eq(harness_count_text(log, "reward events wait"), 1, "one warning for the episode");
+
+    /* New decisions reach Redis too. */
+    puts = harness_metric(admin, "\npromptd_journal_redis_total{event=\"put\"} ");
     cr_assert_eq(harness_write_prompts(prompts, "r-", n), 0);
     kcat(bootstrap, "promptd.prompts", prompts);
     cr_expect_gt(

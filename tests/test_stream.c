@@ -151,6 +151,7 @@ typedef struct {
     int *count;    /* decisions seen per id */
     char **source; /* promptd-source header of the first decision per id */
     int unique, duplicates, foreign, mismatched_source;
+    char *mismatch[64]; /* "first source<TAB>other source<TAB>id" of the first mismatches */
 } Seen;
 
 static void seen_init(Seen *s, int n) {
@@ -162,6 +163,7 @@ static void seen_init(Seen *s, int n) {
 
 static void seen_free(Seen *s) {
     for (int i = 0; i < s->n; i++) free(s->source[i]);
+    for (int i = 0; i < 64; i++) free(s->mismatch[i]);
     free(s->count);
     free(s->source);
 }
@@ -194,7 +196,10 @@ static int seen_add(Seen *s, const char *prefix, char *line) {
     } else {
         s->duplicates++;
         /* A duplicate is the same input processed twice, so it names the same source. */
-        if (strcmp(s->source[i], line)) s->mismatched_source++;
+        if (strcmp(s->source[i], line) && s->mismatched_source++ < 64 &&
+            asprintf(&s->mismatch[s->mismatched_source - 1], "%s\t%s\t%s", s->source[i], line, id) <
+                0)
+            s->mismatch[s->mismatched_source - 1] = NULL;
     }
     json_decref(d);
     return fresh;
@@ -212,35 +217,84 @@ static void seen_collect(Seen *s, Tail *t, const char *prefix, int until_unique,
     }
 }
 
-/* Counts every decision in topic, read from the beginning to its end by a new kcat. */
-static void seen_read_topic(Run *r, Seen *s, const char *topic, const char *prefix) {
-    char out[600];
+/* Reads topic from the beginning to its end with a new kcat, one line per message in
+ * format, into the file r->dir/<topic>.<round>, whose path goes to out. */
+static void kcat_read_topic(Run *r, const char *topic, const char *format, int round, char *out,
+                            size_t outlen) {
+    char name[300];
     Proc kcat;
-    harness_path(out, sizeof out, r->dir, "decisions-final.txt");
-    char *argv[] = {
-        "kcat",      "-C", "-b", r->bootstrap, "-t",       (char *)topic, "-o",
-        "beginning", "-e", "-q", "-f",         "%h\t%s\n", "-X",          "socket.timeout.ms=10000",
-        NULL};
+    snprintf(name, sizeof name, "%s.%d", topic, round);
+    harness_path(out, outlen, r->dir, name);
+    char *argv[] = {"kcat", "-C",
+                    "-b",   r->bootstrap,
+                    "-t",   (char *)topic,
+                    "-o",   "beginning",
+                    "-e",   "-q",
+                    "-f",   (char *)format,
+                    "-X",   "socket.timeout.ms=10000",
+                    NULL};
     cr_assert_eq(proc_start(&kcat, argv, NULL, out, NULL), 0);
     cr_expect_eq(proc_wait(&kcat, 120000), 0, "kcat could not read %s to its end", topic);
+}
+
+/* Counts every message in topic, read afresh; the "source" of each is what format puts
+ * before the tab ("%h": its headers). */
+static void seen_read_topic(Run *r, Seen *s, const char *topic, const char *prefix,
+                            const char *format, int round) {
+    char out[600];
+    kcat_read_topic(r, topic, format, round, out, sizeof out);
     Tail t;
     tail_open(&t, out);
     for (char *line; (line = tail_next(&t));) seen_add(s, prefix, line);
     tail_close(&t);
 }
 
-/* Logs the first ids with no decision, with the partition kcat's default partitioner
- * (CRC-32 of the key) gave their prompt, to tell a stalled partition from scattered loss. */
-static void seen_report_missing(const Seen *s, const char *prefix, int partitions) {
+/* Logs the first ids with no decision, with where their prompt is in the prompts topic
+ * (read afresh), to tell a prompt never produced from one promptd did not decide. */
+static void seen_report_missing(Run *r, const Seen *s, const char *prefix) {
+    Seen prompts;
+    seen_init(&prompts, s->n);
+    seen_read_topic(r, &prompts, TOPIC_PROMPTS, prefix, "partition %p offset %o\t%s\n", 0);
     int shown = 0;
-    for (int i = 0; i < s->n && shown < 10; i++) {
+    for (int i = 0; i < s->n && shown < 20; i++) {
         if (s->count[i]) continue;
-        char key[64];
-        int len = snprintf(key, sizeof key, "%s%d", prefix, i);
-        uLong crc = crc32(crc32(0, NULL, 0), (const Bytef *)key, (uInt)len);
-        cr_log_warn("no decision for %s (prompts partition %lu)", key, crc % (uLong)partitions);
+        cr_log_warn("no decision for %s%d: its prompt is %s", prefix, i,
+                    prompts.count[i] ? prompts.source[i] : "not in the prompts topic");
         shown++;
     }
+    seen_free(&prompts);
+}
+
+/* Of the duplicates naming another input, how many answer a prompt that is itself in the
+ * prompts topic twice, at both places they name, with their id: kcat's producer (not
+ * idempotent) sends a timed-out request again, and promptd rightly decides both. */
+static int seen_inputs_written_twice(Run *r, const Seen *s) {
+    char name[600];
+    kcat_read_topic(r, TOPIC_PROMPTS, "promptd-source=promptd.prompts/%p/%o\t%s\n", 9, name,
+                    sizeof name);
+    char *text = harness_read_file(name, NULL);
+    int twice = 0;
+    for (int k = 0; text && k < s->mismatched_source && k < 64; k++) {
+        char *m = s->mismatch[k] ? strdup(s->mismatch[k]) : NULL;
+        char *first = m, *other = m ? strchr(m, '\t') : NULL, *id = NULL;
+        if (other) *other++ = 0, id = strchr(other, '\t');
+        if (!id) {
+            free(m);
+            continue;
+        }
+        *id++ = 0;
+        int found = 0;
+        const char *places[2] = {first, other};
+        for (int w = 0; w < 2; w++) {
+            char needle[400];
+            snprintf(needle, sizeof needle, "%s\t{\"id\":\"%s\"", places[w], id);
+            found += strstr(text, needle) != NULL;
+        }
+        twice += found == 2;
+        free(m);
+    }
+    free(text);
+    return twice;
 }
 
 static int exit_of_promptd(Run *r, int sig) {
@@ -606,10 +660,20 @@ Test(stream, broker_faults_lose_nothing, .timeout = 300) {
     rd_kafka_mock_cluster_t *mc = mockbroker_cluster(r.broker);
     /* The mock cluster now and then leaves requests unanswered after injected fetch
      * errors (librdkafka 2.0.2; seen as Fetch, Produce and FindCoordinator requests in
-     * flight for 60 s on one broker, then a disconnect and recovery with nothing lost).
-     * A shorter socket timeout makes promptd drop such a connection after 10 s. */
-    start_promptd(&r, (const char *const[]){"kafka.consumer.socket.timeout.ms=10000",
-                                            "kafka.producer.socket.timeout.ms=10000", NULL});
+     * flight for 60 s on one broker, then a disconnect). A shorter socket timeout makes
+     * promptd drop such a connection after 10 s.
+     * And the mock checks the idempotent producer's sequence numbers only for
+     * transactional producers. A broker refuses a batch that leaves a gap, so librdkafka
+     * takes an acknowledged later batch as proof that an earlier, timed-out one was
+     * written; the mock acknowledges past the gap. In one ASan run promptd had all
+     * 30,000 decisions acknowledged (unacked=0, produce_failures=0) while the mock's
+     * partition lacked 83 consecutive ones, and a ProduceRequest to its leader had gone
+     * unanswered. With one request in flight per connection, nothing is sent past a
+     * stuck request. */
+    start_promptd(
+        &r, (const char *const[]){"kafka.consumer.socket.timeout.ms=10000",
+                                  "kafka.producer.socket.timeout.ms=10000",
+                                  "kafka.producer.max.in.flight.requests.per.connection=1", NULL});
 
     harness_path(prompts, sizeof prompts, r.dir, "prompts.jsonl");
     cr_assert_eq(harness_write_prompts(prompts, "f-", total), 0);
@@ -661,21 +725,26 @@ Test(stream, broker_faults_lose_nothing, .timeout = 300) {
     feeder_join(feeder);
     cr_expect_eq(proc_wait(&producer, 60000), 0, "kcat could not produce the stream");
     seen_collect(&seen, &tail, "f-", total, 150000);
-    if (seen.unique < total) {
-        /* The follower is the test's instrument, and a fault can stall it (above): the
-         * topic, read afresh to its end, says whether a decision is missing. */
-        cr_log_warn("broker faults: the follower saw %d of %d ids; reading the topic afresh",
+    /* The followers are the test's instruments, and the mock's faults hit them too: one
+     * stalls (above), or reads a partition short after a rebalance. A decision any reader
+     * saw is in the topic, so the topic is read afresh, up to three times, until every
+     * id is accounted for; what no reader saw is named with its prompt's place. */
+    for (int round = 0; round < 3 && seen.unique < total; round++) {
+        cr_log_warn("broker faults: the readers saw %d of %d ids; reading the topic afresh",
                     seen.unique, total);
-        seen_free(&seen);
-        seen_init(&seen, total);
-        seen_read_topic(&r, &seen, TOPIC_DECISIONS, "f-");
-        seen_report_missing(&seen, "f-", 4);
+        seen_read_topic(&r, &seen, TOPIC_DECISIONS, "f-", "%h\t%s\n", round);
     }
-    cr_log_info("broker faults: %d of %d decided, %d duplicates", seen.unique, total,
-                seen.duplicates);
+    if (seen.unique < total) seen_report_missing(&r, &seen, "f-");
+    cr_log_info("broker faults: %d of %d decided", seen.unique, total);
     cr_expect_eq(seen.unique, total, "%d of %d ids got no decision", total - seen.unique, total);
-    cr_expect_eq(seen.mismatched_source, 0, "%d duplicates name another input",
-                 seen.mismatched_source);
+    int written_twice = seen.mismatched_source ? seen_inputs_written_twice(&r, &seen) : 0;
+    if (written_twice)
+        cr_log_warn("broker faults: %d prompts were written twice by the test's producer (a "
+                    "timed-out request sent again), and promptd decided each copy",
+                    written_twice);
+    cr_expect_eq(seen.mismatched_source - written_twice, 0,
+                 "%d duplicates name another input (%d were prompts written twice)",
+                 seen.mismatched_source, written_twice);
     cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0);
 
     /* Errors are logged per episode, not per failed request or message. */
@@ -790,24 +859,6 @@ static size_t file_size(const char *path) {
     return stat(path, &st) ? 0 : (size_t)st.st_size;
 }
 
-/* Counts the "experience id=<prefix>N" lines of the log per N into learned[]; returns the
- * number of lines. */
-static int count_experiences(const char *log, const char *prefix, int *learned, int n) {
-    char needle[64];
-    int lines = 0;
-    snprintf(needle, sizeof needle, "experience id=%s", prefix);
-    char *text = harness_read_file(log, NULL);
-    cr_assert_not_null(text);
-    memset(learned, 0, (size_t)n * sizeof *learned);
-    for (char *p = text; (p = strstr(p, needle)); p += strlen(needle)) {
-        int i = atoi(p + strlen(needle));
-        if (i >= 0 && i < n) learned[i]++;
-        lines++;
-    }
-    free(text);
-    return lines;
-}
-
 /* promptd is killed with SIGKILL at 20 random moments of a 200,000-prompt stream whose
  * rewards come back as the decisions arrive (one reward event per id, through a real
  * redis-server holding the journal), and restarted each time. Every id is decided;
@@ -831,12 +882,11 @@ Test(stream, twenty_kill_9_in_a_200000_prompt_stream_lose_nothing_and_learn_once
     snprintf(redis_set, sizeof redis_set, "redis.url=%s", rserver_url(&redis, 0, url, sizeof url));
     snprintf(state, sizeof state, "%s/state", r.dir);
     snprintf(inflight, sizeof inflight, "kafka.max_inflight=%d", INFLIGHT);
-    /* Redis must answer for the journal to close entries there (journal.h: a decision
-     * closed in memory while Redis is unavailable can be learned again after a crash);
-     * a 50 ms command timeout under a sanitizer on a loaded machine counts it as down. */
+    /* Redis at its default 50 ms command timeout: under a sanitizer on a loaded machine
+     * it is now and then taken for down, and reward events must then wait rather than
+     * be joined in memory, where a crash would forget them (journal.h). */
     const char *const sets[] = {redis_set,
                                 inflight,
-                                "redis.command_timeout=2s",
                                 "reward.window=2m",
                                 "learner.checkpoint_every=0",
                                 "learner.batch_size=512",
@@ -928,13 +978,13 @@ Test(stream, twenty_kill_9_in_a_200000_prompt_stream_lose_nothing_and_learn_once
     /* Let the last rewards be learned: the experience count stops growing. */
     int *learned = calloc(TOTAL, sizeof *learned), lines = -1, settled = 0;
     while (settled < 3 && harness_now_ms() < deadline + 60000) {
-        int now = count_experiences(r.log, "c-", learned, TOTAL);
+        int now = harness_count_experiences(r.log, "c-", learned, TOTAL);
         settled = now == lines ? settled + 1 : 0;
         lines = now;
         usleep(1000000);
     }
     cr_expect_eq(exit_of_promptd(&r, SIGTERM), 0);
-    lines = count_experiences(r.log, "c-", learned, TOTAL);
+    lines = harness_count_experiences(r.log, "c-", learned, TOTAL);
     int twice = 0, once = 0;
     for (int i = 0; i < TOTAL; i++) {
         once += learned[i] == 1;
@@ -1069,14 +1119,6 @@ static void flip_version(const char *packs, int k) {
     cr_assert_eq(rename(link_tmp, live), 0);
 }
 
-static int count_lines_with(const char *path, const char *needle) {
-    char *text = harness_read_file(path, NULL);
-    int n = 0;
-    for (const char *p = text; p && (p = strstr(p, needle)); p++) n++;
-    free(text);
-    return n;
-}
-
 Test(stream, pack_rewritten_50_times_under_load, .timeout = 300) {
     Run r;
     char prompts[512], packs[512], live[600], setpack[700];
@@ -1156,7 +1198,7 @@ Test(stream, pack_rewritten_50_times_under_load, .timeout = 300) {
     cr_assert_not_null(counted, "no shutdown summary");
     cr_expect(atoi(counted + 13) >= 1 && atoi(counted + 13) <= broken_written,
               "%d refusals counted for %d broken versions", atoi(counted + 13), broken_written);
-    cr_expect_gt(count_lines_with(r.log, "reload refused"), 0, "no refusal was logged");
+    cr_expect_gt(harness_count_text(r.log, "reload refused"), 0, "no refusal was logged");
     free(log);
     tail_close(&tail);
     run_fini(&r);
