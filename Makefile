@@ -54,14 +54,15 @@ SANITIZE  := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fr
 KERNELS    := normalize rng tokenize encoder encoder_backward triplet safetensors policy ppo adam
 DAEMON     := cache checkpoint config hashmap journal kafka learner log luacore luapat message model \
               mockbroker offsets pack packwatch pd pipeline redis sandbox scenario selector session train \
-              stats metrics notify observe promtext tuner
+              stats metrics notify observe promtext tuner clustermsg cluster
 CTL        := promptctl ctl_simulate ctl_train simview ctl_common ctl_send ctl_replay ctl_status
 KERNEL_SRC := $(KERNELS:%=kernels/%.c)
 DAEMON_SRC := $(DAEMON:%=daemon/%.c)
 LIB_SRC    := $(KERNEL_SRC) $(DAEMON_SRC)
 UNIT_TESTS := config normalize message offsets log rng luapat lua journal checkpoint session \
-              tokenize encoder safetensors cache policy notify metrics promtext train tuner
-INTEG_TESTS := cli stream learning service ops
+              tokenize encoder safetensors cache policy notify metrics promtext train tuner \
+              clustermsg
+INTEG_TESTS := cli stream learning service ops cluster
 TEST_HELPERS := tests/harness.c
 
 LIB_OBJ      := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)

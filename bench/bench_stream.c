@@ -215,17 +215,11 @@ static pid_t start_promptd(const char *promptd, const char *brokers, const char 
                     "metrics.listen=127.0.0.1:0",
                     "--set",
                     "learner.checkpoint_dir=/tmp/promptd-bench-state",
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL,
-                    NULL};
+                    [11] = NULL,
+                    [28] = NULL};
 
-    /* BENCH_STREAM_SET="key=value ..." (up to four in all) shows what settings cost. */
+    /* BENCH_STREAM_SET="key=value ..." (up to eight with settings) shows what settings
+     * cost. */
     static char extra[1024];
     const char *env = getenv("BENCH_STREAM_SET");
     snprintf(extra, sizeof extra, "%s %s", env ? env : "", settings ? settings : "");
@@ -334,13 +328,62 @@ static void storm(const char *promptd, const char *brokers) {
            rates[0] > 0 ? rates[1] / rates[0] : 0);
 }
 
+/* --- scale-out --- */
+
+/* Aggregate throughput of 1, 2 and 3 instances in one consumer group (learner.mode
+ * distributed), cache warm: the six alarm texts repeat once numbers are masked. The group
+ * settles before the prompts are written, so no rebalance is timed. On this 2-core machine
+ * the instances share the cores: this measures the coordination's cost, not a speed-up. */
+static void scale_out(const char *promptd, const char *brokers) {
+    enum { MAX = 3, SETTLE_S = 12 };
+    static char sets[MAX][600];
+    double rates[MAX + 1] = {0};
+    printf("scale-out: instances in one group, learner.mode distributed, %d prompts each "
+           "round\n",
+           PROMPTS);
+    for (int k = 1; k <= MAX; k++) {
+        char prefix[8];
+        pid_t pids[MAX];
+        snprintf(prefix, sizeof prefix, "s%d-", k);
+        rd_kafka_t *rd = reader_from(brokers, "bench.scale.out", RD_KAFKA_OFFSET_END);
+        drain(rd, 1000);
+        for (int i = 0; i < k; i++) {
+            snprintf(sets[i], sizeof sets[i],
+                     "kafka.group.id=bench-scale-%d kafka.topic.prompts=bench.scale "
+                     "kafka.topic.decisions=bench.scale.out learner.mode=distributed "
+                     "kafka.topic.experience=bench.scale.exp-%d "
+                     "kafka.topic.policy=bench.scale.policy-%d "
+                     "learner.checkpoint_dir=/tmp/promptd-bench-state-%d",
+                     k, k, k, i);
+            pids[i] = start_promptd(promptd, brokers, sets[i]);
+        }
+        sleep(SETTLE_S);
+        preload(brokers, "bench.scale", prefix, PROMPTS, alarm_text);
+        double secs = time_outputs(rd, PROMPTS, 180);
+        close_reader(rd);
+        for (int i = 0; i < k; i++) kill(pids[i], SIGTERM);
+        for (int i = 0; i < k; i++) waitpid(pids[i], NULL, 0);
+        rates[k] = secs > 0 ? PROMPTS / secs : 0;
+        printf("  %d instance%s %9.0f prompts/s   ratio to one %.2f\n", k, k > 1 ? "s" : " ",
+               rates[k], rates[1] > 0 ? rates[k] / rates[1] : 0);
+    }
+}
+
 int main(int argc, char **argv) {
     const char *promptd = argc > 1 ? argv[1] : "build/promptd";
     const char *topics[] = {"promptd.prompts", "promptd.decisions", "promptd.dead-letters",
-                            "promptd.rewards", "bench.copy"};
+                            "promptd.rewards", "bench.copy",        "bench.scale",
+                            "bench.scale.out"};
     char err[512];
     MockBroker *mb;
-    if (mockbroker_start(&mb, 3, topics, 5, PARTITIONS, err, sizeof err)) die(err);
+    if (mockbroker_start(&mb, 3, topics, 7, PARTITIONS, err, sizeof err)) die(err);
+    for (int k = 1; k <= 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "bench.scale.exp-%d", k);
+        rd_kafka_mock_topic_create(mockbroker_cluster(mb), name, 1, 3);
+        snprintf(name, sizeof name, "bench.scale.policy-%d", k);
+        rd_kafka_mock_topic_create(mockbroker_cluster(mb), name, 1, 3);
+    }
     const char *brokers = mockbroker_bootstraps(mb);
 
     printf("stream benchmark: librdkafka %s mock cluster, 3 brokers, %d partitions, %d "
@@ -365,6 +408,7 @@ int main(int argc, char **argv) {
     waitpid(pd, NULL, 0);
 
     storm(promptd, brokers);
+    if (!getenv("BENCH_STREAM_NO_SCALE")) scale_out(promptd, brokers);
     mockbroker_stop(mb);
     return 0;
 }

@@ -61,22 +61,31 @@ static int write_all(int fd, const void *buf, size_t len, uLong *crc) {
     return 0;
 }
 
-static int write_body(int fd, const Checkpoint *ck) {
-    unsigned char header[HEADER_SIZE] = {0};
+static void put_header(unsigned char *header, const Checkpoint *ck) {
+    memset(header, 0, HEADER_SIZE);
     memcpy(header, MAGIC, 8);
     put_u64(header + 8, ck->policy_version);
     put_u64(header + 16, ck->model_id);
     put_u64(header + 24, ck->step);
     put_u64(header + 32, ck->nparams);
     memcpy(header + 40, ck->layout, strnlen(ck->layout, CHECKPOINT_LAYOUT_MAX - 1));
+}
+
+static void put_crc(unsigned char *p, uLong crc) {
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(crc >> (8 * i));
+}
+
+static int write_body(int fd, const Checkpoint *ck) {
+    unsigned char header[HEADER_SIZE];
+    put_header(header, ck);
 
     uLong crc = crc32(0, NULL, 0);
     size_t bytes = ck->nparams * sizeof(float);
     if (write_all(fd, header, sizeof header, &crc) || write_all(fd, ck->params, bytes, &crc) ||
         write_all(fd, ck->m, bytes, &crc) || write_all(fd, ck->v, bytes, &crc))
         return -1;
-    unsigned char tail[4] = {(unsigned char)crc, (unsigned char)(crc >> 8),
-                             (unsigned char)(crc >> 16), (unsigned char)(crc >> 24)};
+    unsigned char tail[4];
+    put_crc(tail, crc);
     uLong unused = 0;
     return write_all(fd, tail, 4, &unused);
 }
@@ -164,6 +173,20 @@ int checkpoint_write(const char *dir, const Checkpoint *ck, int keep, char *err,
     return 0;
 }
 
+void *checkpoint_encode(const Checkpoint *ck, size_t *len) {
+    size_t bytes = ck->nparams * sizeof(float);
+    *len = HEADER_SIZE + 3 * bytes + 4;
+    unsigned char *buf = malloc(*len);
+    if (!buf) return NULL;
+
+    put_header(buf, ck);
+    memcpy(buf + HEADER_SIZE, ck->params, bytes);
+    memcpy(buf + HEADER_SIZE + bytes, ck->m, bytes);
+    memcpy(buf + HEADER_SIZE + 2 * bytes, ck->v, bytes);
+    put_crc(buf + *len - 4, crc32(crc32(0, NULL, 0), buf, (uInt)(*len - 4)));
+    return buf;
+}
+
 /* --- reading --- */
 
 static int fail(char *err, size_t errlen, const char *path, const char *why) {
@@ -231,6 +254,12 @@ static int parse(const char *path, const unsigned char *data, size_t len, const 
     memcpy(ck.v, data + HEADER_SIZE + 8 * n, 4 * n);
     *out = ck;
     return 0;
+}
+
+int checkpoint_decode(const char *name, const void *data, size_t len, const char *layout,
+                      Checkpoint *out, char *err, size_t errlen) {
+    if (len < HEADER_SIZE + 4) return fail(err, errlen, name, "too short to be a checkpoint");
+    return parse(name, data, len, layout, out, err, errlen);
 }
 
 int checkpoint_load(const char *path, const char *layout, Checkpoint *out, char *err,

@@ -47,6 +47,15 @@ int checkpoint_load_latest(const char *dir, const char *layout, Checkpoint *out,
 int checkpoint_load(const char *path, const char *layout, Checkpoint *out, char *err,
                     size_t errlen);
 
+/* The bytes of ck as a checkpoint file holds them (CRC included), for sending it elsewhere
+ * than a file: malloc'd, *len bytes; NULL when out of memory. */
+void *checkpoint_encode(const Checkpoint *ck, size_t *len);
+
+/* Reads checkpoint bytes that came from elsewhere than a file (name says where, for err).
+ * The same checks as checkpoint_load; returns 0, or -1 with err. */
+int checkpoint_decode(const char *name, const void *data, size_t len, const char *layout,
+                      Checkpoint *out, char *err, size_t errlen);
+
 void checkpoint_free(Checkpoint *ck);
 
 #endif

@@ -45,6 +45,7 @@ static int validate_redis_url(const KeyDef *def, const char *value, char *err, s
 static int validate_reward_default(const KeyDef *def, const char *value, char *err, size_t errlen);
 static int validate_aggregate(const KeyDef *def, const char *value, char *err, size_t errlen);
 static int validate_modules(const KeyDef *def, const char *value, char *err, size_t errlen);
+static int validate_learner_mode(const KeyDef *def, const char *value, char *err, size_t errlen);
 
 #define F(field) offsetof(Config, field)
 #define KB       ((int64_t)1024)
@@ -66,6 +67,10 @@ static const KeyDef keys[] = {
      "topic for prompts that cannot be served, with the reason"},
     {"kafka.topic.rewards", T_STR, "promptd.rewards", 0, 249, false, F(topic_rewards),
      validate_topic, "topic the reward events are read from (empty: none)"},
+    {"kafka.topic.experience", T_STR, "promptd.experience", 1, 249, false, F(topic_experience),
+     validate_topic, "learner.mode distributed: the experiences, for the learner (1 partition)"},
+    {"kafka.topic.policy", T_STR, "promptd.policy", 1, 249, false, F(topic_policy), validate_topic,
+     "learner.mode distributed: the learner's policy snapshots (compacted)"},
     {"kafka.batch.size", T_INT, "256", 1, 100000, true, F(batch_size), NULL,
      "most prompts taken per poll and processed together"},
     {"kafka.batch.wait", T_DURATION, "5ms", 1, 10 * SEC, true, F(batch_wait_ms), NULL,
@@ -134,6 +139,10 @@ static const KeyDef keys[] = {
      "sessions remembered; the least recently seen go first"},
     {"learner.enabled", T_BOOL, "yes", 0, 1, false, F(learner_enabled), NULL,
      "learn online from rewards (no: serve the loaded policy as it is)"},
+    {"learner.mode", T_STR, "local", 1, 16, false, F(learner_mode), validate_learner_mode,
+     "local: this process learns; distributed: one instance, elected by Kafka, learns for all"},
+    {"learner.publish_every", T_DURATION, "1s", 0, 60 * MIN, false, F(learner_publish_every_ms),
+     NULL, "learner.mode distributed: time between two policy snapshots (0: after every update)"},
     {"learner.batch_size", T_INT, "256", 8, 1000000, false, F(learner_batch_size), NULL,
      "experiences per PPO update"},
     {"learner.epochs", T_INT, "4", 1, 100, false, F(learner_epochs), NULL,
@@ -366,6 +375,13 @@ static int validate_aggregate(const KeyDef *def, const char *value, char *err, s
     (void)def;
     if (journal_rule_parse(value) >= 0) return 0;
     snprintf(err, errlen, "expects first, last, sum, max or mean, got '%s'", value);
+    return -1;
+}
+
+static int validate_learner_mode(const KeyDef *def, const char *value, char *err, size_t errlen) {
+    (void)def;
+    if (!strcmp(value, "local") || !strcmp(value, "distributed")) return 0;
+    snprintf(err, errlen, "expects local or distributed, got '%s'", value);
     return -1;
 }
 

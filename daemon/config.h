@@ -40,10 +40,12 @@ typedef struct Config {
     char *topic_prompts;
     char *topic_decisions;
     char *topic_dead_letters;
-    char *topic_rewards;   /* "" = rewards are not read */
-    int64_t batch_size;    /* messages per poll */
-    int64_t batch_wait_ms; /* how long a poll waits for its first message */
-    int64_t max_inflight;  /* produced but unacknowledged messages before pausing */
+    char *topic_rewards;    /* "" = rewards are not read */
+    char *topic_experience; /* learner.mode distributed: experiences for the learner */
+    char *topic_policy;     /* learner.mode distributed: the learner's policy snapshots */
+    int64_t batch_size;     /* messages per poll */
+    int64_t batch_wait_ms;  /* how long a poll waits for its first message */
+    int64_t max_inflight;   /* produced but unacknowledged messages before pausing */
     int64_t embedded_brokers;
     int64_t embedded_partitions;
     char *embedded_bootstrap_file; /* "" = do not write one */
@@ -85,6 +87,8 @@ typedef struct Config {
     int64_t session_ttl_ms;
     int64_t session_max;
     int64_t learner_enabled;
+    char *learner_mode; /* "local" or "distributed" */
+    int64_t learner_publish_every_ms;
     int64_t learner_batch_size;
     int64_t learner_epochs;
     int64_t learner_minibatch;

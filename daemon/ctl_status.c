@@ -266,6 +266,21 @@ static void print_learning(const Scrape *cur) {
     printf("  journal       %s open, %s expired\n",
            cnt(val(cur, "promptd_journal_entries", NULL, NULL)),
            cnt(val(cur, "promptd_journal_expired_total", NULL, NULL)));
+
+    /* learner.mode distributed only: these metrics exist nowhere else. */
+    double learner = val(cur, "promptd_cluster_learner", NULL, NULL);
+    if (isnan(learner)) return;
+    const char *ex = "promptd_cluster_experiences_total";
+    printf("  cluster       %s; published policy version %s, this one %s behind; "
+           "experiences sent %s, lost %s",
+           learner > 0 ? "LEARNER" : "actor",
+           cnt(val(cur, "promptd_policy_published_version", NULL, NULL)),
+           cnt(val(cur, "promptd_policy_version_lag", NULL, NULL)),
+           cnt(val(cur, ex, "outcome", "sent")), cnt(val(cur, ex, "outcome", "lost")));
+    if (learner > 0)
+        printf("; taken %s, experience lag %s", cnt(val(cur, ex, "outcome", "taken")),
+               cnt(val(cur, "promptd_experience_lag", NULL, NULL)));
+    printf("\n");
 }
 
 static void print_cache(const Scrape *cur) {

@@ -307,7 +307,7 @@ static bool make_experience(Journal *j, Experience *out, char *decision, void *r
         j->stats.closed++;
     }
     double reward = a->events ? aggregate(j->cfg.rule, a) : j->cfg.default_reward;
-    *out = (Experience){decision, record, record_len, reward, a->events, made_ms};
+    *out = (Experience){decision, record, record_len, reward, a->events, made_ms, 0};
     return true;
 }
 

@@ -93,6 +93,9 @@ typedef struct {
     double reward;
     unsigned events; /* reward events joined (0: the default reward applied) */
     int64_t made_ms; /* when the decision was made */
+    /* Where a learner resumes after this experience: its offset in the experience topic
+     * plus one (learner.mode distributed); 0 when it did not come from that topic. */
+    int64_t next_offset;
 } Experience;
 
 void experience_free(Experience *e);

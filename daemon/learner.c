@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "../kernels/rng.h"
 #include "checkpoint.h"
@@ -66,6 +67,16 @@ struct Learner {
     Experience *queue;
     size_t qhead, qlen;
     bool stopping;
+    bool reset_pending; /* learner_reset: applied by the thread before its next update */
+    bool reset_has_policy;
+    Checkpoint reset_to;
+    int64_t reset_next_offset;
+
+    /* Distributed learning (cfg.on_snapshot): the experience offset the policy has learned
+     * up to, and the version and time of the last snapshot handed out. */
+    int64_t next_offset;
+    uint64_t snapshot_version;
+    int64_t last_snapshot_ms;
 
     /* Template embeddings by name hash (serving thread writes, learner reads). */
     pthread_mutex_t tlock;
@@ -442,6 +453,45 @@ bool learner_poll_model(Learner *l, LearnerTuned *out) {
     return fresh;
 }
 
+/* --- snapshots for distributed learning --- */
+
+static void snapshot(Learner *l) {
+    Checkpoint ck = {l->version, l->cfg.model_id, {0}, (uint64_t)l->adam.step, l->params, l->m,
+                     l->v,       l->nparams,      0};
+    snprintf(ck.layout, sizeof ck.layout, "%s", l->layout);
+    l->cfg.on_snapshot(l->cfg.snapshot_ctx, &ck, l->next_offset);
+    l->snapshot_version = l->version;
+    l->last_snapshot_ms = (int64_t)pd_mono_ms();
+}
+
+/* Milliseconds until a snapshot is due (0: now), or -1 when none is owed. */
+static int64_t snapshot_due_in(const Learner *l) {
+    if (!l->cfg.on_snapshot || l->snapshot_version == l->version) return -1;
+    int64_t left = l->last_snapshot_ms + l->cfg.snapshot_every_ms - (int64_t)pd_mono_ms();
+    return left > 0 ? left : 0;
+}
+
+/* The thread's side of learner_reset (qlock held). */
+static void apply_reset(Learner *l) {
+    for (size_t i = 0; i < l->npending; i++) experience_free(&l->pending[i]);
+    l->npending = 0;
+    if (l->reset_has_policy) {
+        Checkpoint *ck = &l->reset_to;
+        memcpy(l->params, ck->params, l->nparams * sizeof(float));
+        memcpy(l->m, ck->m, l->nparams * sizeof(float));
+        memcpy(l->v, ck->v, l->nparams * sizeof(float));
+        l->adam.step = (long)ck->step;
+        l->version = l->snapshot_version = ck->policy_version;
+        l->next_offset = l->reset_next_offset;
+        checkpoint_free(ck);
+        publish(l);
+        pthread_mutex_lock(&l->slock);
+        l->stats.version = l->version;
+        pthread_mutex_unlock(&l->slock);
+    }
+    l->reset_pending = l->reset_has_policy = false;
+}
+
 /* --- an update, continued --- */
 
 static void update(Learner *l) {
@@ -469,22 +519,40 @@ static void update(Learner *l) {
                rc, n);
     }
     feed_tuner(l);
-    for (size_t i = 0; i < l->npending; i++) experience_free(&l->pending[i]);
+    for (size_t i = 0; i < l->npending; i++) {
+        if (l->pending[i].next_offset > l->next_offset) l->next_offset = l->pending[i].next_offset;
+        experience_free(&l->pending[i]);
+    }
     l->npending = 0;
     if (l->tuner && tuner_due(l->tuner)) tune(l);
 
     if (l->cfg.checkpoint_every_ms >= 0 &&
         (int64_t)pd_mono_ms() - l->last_checkpoint_ms >= l->cfg.checkpoint_every_ms)
         write_checkpoint(l);
+    if (snapshot_due_in(l) == 0) snapshot(l);
 }
 
 /* --- the thread --- */
 
-/* Moves queued experiences into pending; waits while there are none. Returns false to
- * stop. */
+/* Moves queued experiences into pending; waits while there are none, or until a snapshot
+ * falls due. Returns false to stop. */
 static bool take(Learner *l) {
     pthread_mutex_lock(&l->qlock);
-    while (l->qlen == 0 && !l->stopping) pthread_cond_wait(&l->qcond, &l->qlock);
+    for (;;) {
+        if (l->reset_pending) apply_reset(l);
+        int64_t due = snapshot_due_in(l);
+        if (l->qlen > 0 || l->stopping || due == 0) break;
+        if (due < 0) {
+            pthread_cond_wait(&l->qcond, &l->qlock);
+            continue;
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += (time_t)(due / 1000);
+        until.tv_nsec += (long)(due % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&l->qcond, &l->qlock, &until);
+    }
     bool go = !l->stopping;
     while (l->qlen > 0 && l->npending < (size_t)l->cfg.batch_size) {
         l->pending[l->npending++] = l->queue[l->qhead];
@@ -497,8 +565,12 @@ static bool take(Learner *l) {
 
 static void *run(void *arg) {
     Learner *l = arg;
-    while (take(l))
-        if (l->npending >= (size_t)l->cfg.batch_size) update(l);
+    while (take(l)) {
+        if (l->npending >= (size_t)l->cfg.batch_size)
+            update(l);
+        else if (snapshot_due_in(l) == 0)
+            snapshot(l);
+    }
     return NULL;
 }
 
@@ -529,7 +601,8 @@ int learner_start(Learner **out, const LearnerConfig *cfg, char *err, size_t err
     if (cfg->triplets) snprintf(l->tuned_path, sizeof l->tuned_path, "%s", cfg->tuner.out_path);
     /* The caller's strings need not outlive the start (the tuner copied them). */
     l->cfg.tuner.model_path = l->cfg.tuner.out_path = l->cfg.tuner.base_model_id = NULL;
-    l->last_checkpoint_ms = (int64_t)pd_mono_ms();
+    l->last_checkpoint_ms = l->last_snapshot_ms = (int64_t)pd_mono_ms();
+    l->snapshot_version = l->version; /* what it restored is no news to the cluster */
     publish(l);
     l->stats.version = l->version;
     if (pthread_create(&l->thread, NULL, run, l)) {
@@ -560,6 +633,8 @@ void learner_stop(Learner *l) {
     pthread_join(l->thread, NULL);
 
     write_checkpoint(l);
+    if (snapshot_due_in(l) >= 0) snapshot(l);
+    if (l->reset_pending && l->reset_has_policy) checkpoint_free(&l->reset_to);
     for (size_t i = 0; i < l->npending; i++) experience_free(&l->pending[i]);
     for (size_t i = 0; i < l->qlen; i++)
         experience_free(&l->queue[(l->qhead + i) % l->cfg.queue_max]);
@@ -616,6 +691,49 @@ int learner_submit(Learner *l, Experience *e) {
     }
     memset(e, 0, sizeof *e);
     return 0;
+}
+
+size_t learner_room(Learner *l) {
+    pthread_mutex_lock(&l->qlock);
+    size_t room = l->cfg.queue_max - l->qlen;
+    pthread_mutex_unlock(&l->qlock);
+    return room;
+}
+
+static int copy_checkpoint(Checkpoint *to, const Checkpoint *from) {
+    size_t bytes = from->nparams * sizeof(float);
+    *to = *from;
+    to->params = malloc(bytes), to->m = malloc(bytes), to->v = malloc(bytes);
+    if (!to->params || !to->m || !to->v) {
+        checkpoint_free(to);
+        return -1;
+    }
+    memcpy(to->params, from->params, bytes);
+    memcpy(to->m, from->m, bytes);
+    memcpy(to->v, from->v, bytes);
+    return 0;
+}
+
+void learner_reset(Learner *l, const Checkpoint *ck, int64_t next_offset) {
+    Checkpoint copy = {0};
+    bool has_policy = ck && ck->nparams == l->nparams;
+    if (has_policy && copy_checkpoint(&copy, ck)) {
+        pd_log(PD_LOG_ERR, PD_MOD_LEARNER, "no memory to take policy version %" PRIu64,
+               ck->policy_version);
+        has_policy = false;
+    }
+
+    pthread_mutex_lock(&l->qlock);
+    for (size_t i = 0; i < l->qlen; i++)
+        experience_free(&l->queue[(l->qhead + i) % l->cfg.queue_max]);
+    l->qlen = 0;
+    if (l->reset_pending && l->reset_has_policy) checkpoint_free(&l->reset_to);
+    l->reset_pending = true;
+    l->reset_has_policy = has_policy;
+    l->reset_to = copy;
+    l->reset_next_offset = next_offset;
+    pthread_cond_signal(&l->qcond);
+    pthread_mutex_unlock(&l->qlock);
 }
 
 LearnerStats learner_stats(Learner *l) {

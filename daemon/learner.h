@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "../kernels/adam.h"
+#include "checkpoint.h"
 #include "../kernels/policy.h"
 #include "../kernels/ppo.h"
 #include "journal.h"
@@ -41,6 +42,14 @@ typedef struct {
     size_t queue_max;  /* experiences waiting for the learner */
     bool triplets;     /* learner.triplets: fine-tune the encoder's head from the rewards */
     TunerConfig tuner; /* its settings, when on (strings copied at start) */
+
+    /* Distributed learning: when set, called on the learner thread with the policy after
+     * updates, at most every snapshot_every_ms and once more at the stop, with the
+     * experience offset to resume from (Experience.next_offset of the last experience
+     * learned, or the one given to learner_reset). ck is only valid during the call. */
+    void (*on_snapshot)(void *ctx, const Checkpoint *ck, int64_t next_offset);
+    void *snapshot_ctx;
+    int64_t snapshot_every_ms;
 } LearnerConfig;
 
 typedef struct Learner Learner;
@@ -66,6 +75,17 @@ void learner_set_sampling(Learner *l, float temperature, float min_prob);
 /* Hands an experience over (the learner owns its buffers from now on, also on failure).
  * Returns 0, or -1 when the queue is full (the experience is dropped and counted). */
 int learner_submit(Learner *l, Experience *e);
+
+/* Free places in the queue: how many experiences learner_submit takes now without
+ * dropping any. */
+size_t learner_room(Learner *l);
+
+/* Drops every experience queued or pending and, when ck is not NULL, takes ck's policy,
+ * optimiser state and version, resuming from next_offset (see on_snapshot). The learner
+ * thread applies it before its next update; ck is copied. Distributed learning calls it
+ * when this instance becomes the learner (from the newest snapshot) and when it stops
+ * being it. */
+void learner_reset(Learner *l, const Checkpoint *ck, int64_t next_offset);
 
 /* Copies the latest published policy into params (policy_param_count floats) if it is
  * newer than *version, updating *version. Never blocks: returns false when there is

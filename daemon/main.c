@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cache.h"
+#include "cluster.h"
 #include "config.h"
 #include "kafka.h"
 #include "log.h"
@@ -102,6 +103,25 @@ static int parse_options(int argc, char **argv, Options *o) {
 }
 
 /* Reads the configuration: defaults, then the file, then --set. Returns the error count. */
+/* The experience and policy topics carry promptd's own binary messages: sharing a topic
+ * with anything else would feed them to the wrong reader. */
+static void check_cluster_topics(const Config *c, ConfigErrors *errs) {
+    const struct {
+        const char *key, *value;
+    } topics[] = {{"kafka.topic.prompts", c->topic_prompts},
+                  {"kafka.topic.decisions", c->topic_decisions},
+                  {"kafka.topic.dead_letters", c->topic_dead_letters},
+                  {"kafka.topic.rewards", c->topic_rewards},
+                  {"kafka.topic.experience", c->topic_experience},
+                  {"kafka.topic.policy", c->topic_policy}};
+    size_t n = PD_ARRAY_LEN(topics);
+    for (size_t i = n - 2; i < n; i++)
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(topics[i].value, topics[j].value))
+                config_error(errs, config_origin(c, topics[i].key), topics[i].key,
+                             "must differ from %s ('%s')", topics[j].key, topics[j].value);
+}
+
 static int load_config(Config *c, const Options *o, ConfigErrors *errs) {
     config_init(c);
     if (o->config_path) config_load(c, o->config_path, errs);
@@ -117,6 +137,11 @@ static int load_config(Config *c, const Options *o, ConfigErrors *errs) {
         config_set(c, key, eq + 1, origin, errs);
     }
     kafka_check_config(c, errs);
+    if (!strcmp(c->learner_mode, "distributed") && c->learner_triplets)
+        config_error(errs, config_origin(c, "learner.triplets"), "learner.triplets",
+                     "needs learner.mode local: a fine-tuned head is not shared between "
+                     "instances yet");
+    if (!strcmp(c->learner_mode, "distributed")) check_cluster_topics(c, errs);
     return errs->count;
 }
 
@@ -212,6 +237,7 @@ typedef struct {
     Journal *journal;
     SessionStore *sessions;
     Learner *learner;
+    Cluster *cluster; /* learner.mode distributed */
     Pipeline *pipeline;
     MetricsServer *metrics;
     rd_kafka_message_t **batch;
@@ -315,6 +341,7 @@ static int start_broker(Service *s, const char **brokers) {
     const Config *c = &s->config;
     const char *topics[] = {c->topic_prompts, c->topic_decisions, c->topic_dead_letters,
                             c->topic_rewards[0] ? c->topic_rewards : c->topic_prompts};
+    const char *single[] = {c->topic_experience, c->topic_policy};
 
     if (strcmp(c->kafka_brokers, "embedded")) {
         *brokers = c->kafka_brokers;
@@ -325,6 +352,9 @@ static int start_broker(Service *s, const char **brokers) {
         pd_log(PD_LOG_ERR, PD_MOD_BROKER, "%s", err);
         return -1;
     }
+    /* One partition each: the learner is elected by who holds the experience partition. */
+    for (size_t i = 0; i < PD_ARRAY_LEN(single) && !strcmp(c->learner_mode, "distributed"); i++)
+        rd_kafka_mock_topic_create(mockbroker_cluster(s->broker), single[i], 1, 1);
     *brokers = mockbroker_bootstraps(s->broker);
     pd_log(PD_LOG_NOTICE, PD_MOD_BROKER,
            "embedded broker (a test cluster that keeps about 5 MiB per partition) at %s", *brokers);
@@ -440,10 +470,39 @@ static int start_cache(Service *s) {
     return PD_EXIT_OK;
 }
 
-static int start_learning(Service *s) {
+/* learner.mode distributed: the clients of the experience and policy topics. */
+static int start_cluster(Service *s, const char *brokers, const PolicyDims *dims) {
+    char err[1024], layout[CHECKPOINT_LAYOUT_MAX];
+    const Config *c = &s->config;
+    if (strcmp(c->learner_mode, "distributed")) return PD_EXIT_OK;
+    learner_layout(layout, sizeof layout, dims);
+    if (cluster_open(&s->cluster, c, brokers, layout, c->learner_enabled != 0, err, sizeof err)) {
+        pd_log(PD_LOG_ERR, PD_MOD_LEARNER, "%s", err);
+        return PD_EXIT_TEMPFAIL;
+    }
+    return PD_EXIT_OK;
+}
+
+/* The first decision is made with the cluster's current policy, or, when its topic cannot
+ * be read in time, with the local one until it can. */
+static void catch_up_cluster(Service *s) {
+    char err[1024];
+    if (!s->cluster) return;
+    cluster_set_learner(s->cluster, s->learner);
+    if (cluster_catch_up(s->cluster, 15000, err, sizeof err))
+        pd_log(PD_LOG_WARNING, PD_MOD_LEARNER, "serving the local policy for now: %s", err);
+    ClusterStats cs = cluster_stats(s->cluster);
+    pd_log(PD_LOG_NOTICE, PD_MOD_LEARNER,
+           "distributed learning: experiences to %s, policy from %s (newest version %" PRIu64 ")",
+           s->config.topic_experience, s->config.topic_policy, cs.newest_version);
+}
+
+static int start_learning(Service *s, const char *brokers) {
     char err[1024];
     const Config *c = &s->config;
     PolicyDims dims = selector_dims(model_dim(s->model));
+    int code = start_cluster(s, brokers, &dims);
+    if (code) return code;
     LearnerConfig lc = {.dims = dims,
                         .ppo = ppo_defaults(),
                         .adam = adam_defaults(),
@@ -456,7 +515,11 @@ static int start_learning(Service *s) {
                         /* Not the tuned head's: the policy follows it across swaps
                          * while serving, and so across restarts. */
                         .model_id = strtoull(s->base_model_id, NULL, 16),
-                        .queue_max = 64 * (size_t)c->learner_batch_size};
+                        .queue_max = 64 * (size_t)c->learner_batch_size,
+                        .on_snapshot =
+                            s->cluster && c->learner_enabled ? cluster_snapshot_sink : NULL,
+                        .snapshot_ctx = s->cluster,
+                        .snapshot_every_ms = c->learner_publish_every_ms};
     lc.ppo.epochs = (int)c->learner_epochs;
     lc.ppo.minibatch = (int)c->learner_minibatch;
     lc.ppo.target_kl = (float)c->learner_target_kl;
@@ -505,7 +568,7 @@ static void reload_requested_over_http(void *ctx) {
 static int start_metrics(Service *s) {
     char err[1024];
     const Config *c = &s->config;
-    ObserveParts parts = {s->cache, s->learner, strcmp(c->redis_url, "none") != 0};
+    ObserveParts parts = {s->cache, s->learner, strcmp(c->redis_url, "none") != 0, s->cluster};
     observe_init(&parts);
     if (!c->metrics_listen[0] && !c->admin_socket[0]) return PD_EXIT_OK;
 
@@ -535,19 +598,21 @@ static int start(Service *s) {
     const char *brokers;
     int code = start_model(s);
     if (code == PD_EXIT_OK) code = start_cache(s);
-    if (code == PD_EXIT_OK) code = start_learning(s);
+    if (code == PD_EXIT_OK && start_broker(s, &brokers)) code = PD_EXIT_TEMPFAIL;
+    if (code == PD_EXIT_OK) code = start_learning(s, brokers);
     if (code == PD_EXIT_OK) code = start_pack(s);
     if (code == PD_EXIT_OK) code = start_metrics(s);
     if (code) return code;
     observe_set_model(model_id(s->model));
-    if (start_broker(s, &brokers)) return PD_EXIT_TEMPFAIL;
+    catch_up_cluster(s);
 
     if (kafka_open(&s->kafka, &s->config, brokers, err, sizeof err)) {
         pd_log(PD_LOG_ERR, PD_MOD_KAFKA, "%s", err);
         return PD_EXIT_TEMPFAIL;
     }
     PipelineParts parts = {s->kafka,   s->cache,    s->model,   s->selector,
-                           s->journal, s->sessions, s->learner, s->config.learner_enabled != 0};
+                           s->journal, s->sessions, s->learner, s->config.learner_enabled != 0,
+                           s->cluster};
     s->pipeline = pipeline_new(&s->config, &parts);
     Pack *none = s->pipeline ? pipeline_use_pack(s->pipeline, s->pack, err, sizeof err) : s->pack;
     if (none == s->pack) {
@@ -562,9 +627,10 @@ static int start(Service *s) {
         return PD_EXIT_SOFTWARE;
     }
     pd_log(PD_LOG_NOTICE, PD_MOD_MAIN,
-           "promptd %s serving: prompts=%s decisions=%s dead_letters=%s group=%s", PD_VERSION,
-           s->config.topic_prompts, s->config.topic_decisions, s->config.topic_dead_letters,
-           s->config.kafka_group_id);
+           "promptd %s serving: prompts=%s decisions=%s dead_letters=%s group=%s policy=v%" PRIu64,
+           PD_VERSION, s->config.topic_prompts, s->config.topic_decisions,
+           s->config.topic_dead_letters, s->config.kafka_group_id,
+           selector_policy_version(s->selector));
     observe_set_phase(OBSERVE_SERVING);
     notify_ready();
     notify_status("serving: policy v%" PRIu64 ", pack %s version %s",
@@ -652,6 +718,7 @@ static int serve(Service *s) {
         }
         swap_pack(s);
         swap_model(s);
+        if (s->cluster) cluster_serve(s->cluster);
         if (pipeline_tick(s->pipeline, pd_wall_ms(), err, sizeof err)) {
             pd_log(PD_LOG_CRIT, PD_MOD_MAIN, "stopping: %s", err);
             return PD_EXIT_TEMPFAIL;
@@ -708,7 +775,8 @@ static void stop(Service *s) {
     }
     metrics_stop(s->metrics); /* before what its callbacks read */
     pipeline_free(s->pipeline);
-    learner_stop(s->learner); /* writes the final checkpoint */
+    learner_stop(s->learner); /* writes the final checkpoint (and publishes it) */
+    cluster_close(s->cluster, (int)s->config.shutdown_timeout_ms);
     journal_free(s->journal);
     session_free(s->sessions);
     selector_free(s->selector);

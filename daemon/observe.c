@@ -263,6 +263,41 @@ static void render_policy(MetricsWriter *w, uint64_t serving_version) {
     }
 }
 
+/* learner.mode distributed: the role, how far this instance's policy is behind the
+ * newest published one, and the experience topic. */
+static void render_cluster(MetricsWriter *w, uint64_t serving_version) {
+    if (!parts.cluster) return;
+    ClusterStats c = cluster_stats(parts.cluster);
+    metrics_gauge(w, "promptd_cluster_learner",
+                  "1 while this instance is the elected learner, 0 while it is an actor.",
+                  c.learner ? 1 : 0);
+    metrics_counter(w, "promptd_cluster_elections_total", "Times this instance became the learner.",
+                    (double)c.elections);
+    metrics_gauge(w, "promptd_policy_published_version",
+                  "Newest valid policy snapshot read from the policy topic.",
+                  (double)c.newest_version);
+    metrics_gauge(w, "promptd_policy_version_lag",
+                  "Versions between the newest published policy and the one serving here.",
+                  c.newest_version > serving_version ? (double)(c.newest_version - serving_version)
+                                                     : 0);
+    if (c.experience_lag >= 0)
+        metrics_gauge(w, "promptd_experience_lag",
+                      "Learner only: experiences on the experience topic not yet taken.",
+                      (double)c.experience_lag);
+    metrics_family(w, "promptd_cluster_experiences_total", METRICS_COUNTER,
+                   "Experiences on the experience topic: sent (acknowledged), lost (could not "
+                   "be written), taken (by this instance as learner), refused (damaged).");
+    metrics_value1(w, "outcome", "sent", (double)c.experiences_sent);
+    metrics_value1(w, "outcome", "lost", (double)c.experiences_lost);
+    metrics_value1(w, "outcome", "taken", (double)c.experiences_taken);
+    metrics_value1(w, "outcome", "refused", (double)c.experiences_refused);
+    metrics_family(w, "promptd_policy_snapshots_total", METRICS_COUNTER,
+                   "Policy snapshots: published by this instance, refused (damaged or of "
+                   "another layout).");
+    metrics_value1(w, "outcome", "published", (double)c.snapshots_published);
+    metrics_value1(w, "outcome", "refused", (double)c.snapshots_refused);
+}
+
 static void render_pack(MetricsWriter *w, const TemplateCount *counts, size_t n) {
     metrics_family(w, "promptd_template_selections_total", METRICS_COUNTER,
                    "Decisions per template.");
@@ -323,6 +358,7 @@ void observe_render(void *ctx, MetricsWriter *w) {
     render_cache(w);
     render_rewards(w, &journal, mean);
     render_policy(w, version);
+    render_cluster(w, version);
     render_pack(w, counts, n);
     render_encoder(w, model);
     metrics_family(w, "promptd_build_info", METRICS_GAUGE, "Versions promptd runs with.");

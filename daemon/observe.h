@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "cache.h"
+#include "cluster.h"
 #include "journal.h"
 #include "learner.h"
 #include "metrics.h"
@@ -37,6 +38,7 @@ typedef struct {
     Cache *cache;
     Learner *learner;
     bool redis_configured;
+    Cluster *cluster; /* learner.mode distributed */
 } ObserveParts;
 
 /* Sets up the histograms and the snapshot. Call once before the server starts. */

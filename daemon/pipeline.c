@@ -56,6 +56,7 @@ struct Pipeline {
     size_t x_cap;
     float features[PACK_FEATURES_MAX];
     float *policy_copy;     /* where a new policy from the learner lands */
+    bool policy_started;    /* the learner's restored policy was taken */
     uint64_t held_retry_ms; /* when held reward events are next offered again */
     bool rewards_wait;      /* reward events wait for the journal (logged once) */
     int32_t *norm_work;
@@ -540,10 +541,23 @@ static void log_experience(const Experience *e) {
     json_decref(d);
 }
 
+/* learner.mode distributed: the experience goes to the learner through Kafka. */
+static void send_experience(Pipeline *p, Experience *e) {
+    char err[600];
+    json_t *d = json_loads(e->decision, 0, NULL);
+    const char *id = json_string_value(json_object_get(d, "id"));
+    if (cluster_send_experience(p->parts.cluster, e, id ? id : "", err, sizeof err))
+        pd_log(PD_LOG_ERR, PD_MOD_LEARNER, "%s", err);
+    json_decref(d);
+    experience_free(e);
+}
+
 static void submit(Pipeline *p, Experience *e) {
     observe_reward(e->reward);
     if (pd_log_enabled(PD_LOG_DEBUG, PD_MOD_LEARNER)) log_experience(e);
-    if (p->parts.learn) {
+    if (p->parts.learn && p->parts.cluster) {
+        send_experience(p, e);
+    } else if (p->parts.learn) {
         learner_submit(p->parts.learner, e);
     } else {
         pd_count(&pd_stats.experiences_unlearned, 1);
@@ -662,8 +676,16 @@ int pipeline_tick(Pipeline *p, int64_t now_ms, char *err, size_t errlen) {
     uint64_t version = selector_policy_version(p->parts.selector);
     size_t count = policy_param_count(selector_policy_dims(p->parts.selector));
     float *params = p->policy_copy ? p->policy_copy : (p->policy_copy = malloc(count * 4));
-    if (params && learner_poll(p->parts.learner, params, &version))
-        selector_set_policy(p->parts.selector, params, version);
+    /* Distributed, every instance serves the newest snapshot on the policy topic (the
+     * learner too, so that all serve the same versions), after the policy its learner
+     * thread restored at the start. */
+    bool fresh = false;
+    if (params && (!p->parts.cluster || !p->policy_started))
+        fresh = learner_poll(p->parts.learner, params, &version);
+    if (params && p->parts.cluster && cluster_poll_policy(p->parts.cluster, params, &version))
+        fresh = true;
+    if (fresh) selector_set_policy(p->parts.selector, params, version);
+    p->policy_started = params != NULL;
     int rc = run_held(p, err, errlen);
     atomic_store_explicit(&pd_stats.rewards_waiting, kafka_held(p->kafka), memory_order_relaxed);
     return rc;

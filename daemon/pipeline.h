@@ -22,6 +22,7 @@
 #include <stddef.h>
 
 #include "cache.h"
+#include "cluster.h"
 #include "config.h"
 #include "journal.h"
 #include "kafka.h"
@@ -45,6 +46,8 @@ typedef struct {
     SessionStore *sessions;
     Learner *learner;
     bool learn;
+    Cluster *cluster; /* learner.mode distributed: experiences go to the experience topic,
+                         and the policy served comes from the policy topic; else NULL */
 } PipelineParts;
 
 /* Returns NULL when out of memory. */

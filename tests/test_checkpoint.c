@@ -142,3 +142,46 @@ Test(checkpoint, an_unwritable_directory_is_a_clear_error) {
     cr_expect_eq(checkpoint_load_latest("/nonexistent/dir", NULL, &ck, NULL, NULL, err, sizeof err),
                  0, "no directory: no checkpoint, not an error");
 }
+
+/* What a policy snapshot on a Kafka topic is made of: the same bytes as the file, and the
+ * same refusal of any damage, named after where they came from. */
+Test(checkpoint, encoded_bytes_decode_to_the_same_policy_and_damage_is_refused) {
+    enum { N = 300 };
+    float p[N], m[N], v[N];
+    for (int i = 0; i < N; i++) p[i] = (float)i / 7, m[i] = (float)-i, v[i] = (float)(i * i);
+    Checkpoint ck = {42, 0x1234, "policy/1 D=144", 9, p, m, v, N, 0};
+    size_t len;
+    unsigned char *bytes = checkpoint_encode(&ck, &len);
+    cr_assert_not_null(bytes);
+
+    char err[600];
+    cr_assert_eq(checkpoint_write(dir, &ck, 3, err, sizeof err), 0, "%s", err);
+    size_t file_len = 0;
+    char *file = harness_read_file(path_of(42), &file_len);
+    cr_assert_not_null(file);
+    cr_expect(file_len == len && memcmp(file, bytes, len) == 0,
+              "the encoded bytes are not the file's");
+    free(file);
+
+    Checkpoint back;
+    cr_assert_eq(
+        checkpoint_decode("policy@7", bytes, len, "policy/1 D=144", &back, err, sizeof err), 0,
+        "%s", err);
+    cr_expect_eq(back.policy_version, 42);
+    cr_expect_eq(back.step, 9);
+    cr_expect_eq(memcmp(back.params, p, sizeof p), 0);
+    cr_expect_eq(memcmp(back.v, v, sizeof v), 0);
+    checkpoint_free(&back);
+
+    bytes[200] ^= 1;
+    cr_expect_eq(checkpoint_decode("policy@7", bytes, len, NULL, &back, err, sizeof err), -1);
+    cr_expect(strstr(err, "policy@7") && strstr(err, "CRC"), "%s", err);
+    bytes[200] ^= 1;
+    cr_expect_eq(checkpoint_decode("policy@7", bytes, len - 1, NULL, &back, err, sizeof err), -1);
+    cr_expect_eq(checkpoint_decode("policy@7", bytes, 20, NULL, &back, err, sizeof err), -1);
+    cr_expect(strstr(err, "too short"), "%s", err);
+    cr_expect_eq(
+        checkpoint_decode("policy@7", bytes, len, "policy/1 D=208", &back, err, sizeof err), -1);
+    cr_expect(strstr(err, "layout"), "%s", err);
+    free(bytes);
+}

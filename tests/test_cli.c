@@ -144,6 +144,7 @@ Test(cli, hostile_values_are_refused_by_check) {
         {"policy.pack=/etc", "policy.pack: pack etc (/etc): /etc/init.lua not found"},
         {"metrics.listen=8.8.8.8:80", "metrics.listen: '8.8.8.8:80' is not a loopback address"},
         {"redis.url=ftp://x", "redis.url: unknown scheme"},
+        {"learner.mode=federated", "learner.mode: expects local or distributed"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         empty(err);
@@ -152,6 +153,19 @@ Test(cli, hostile_values_are_refused_by_check) {
         cr_expect(file_has(err, cases[i].says), "%s: the error does not say '%s'", cases[i].set,
                   cases[i].says);
     }
+
+    /* Distributed learning: its topics carry promptd's own messages, and the fine-tuned
+     * head is not shared yet. */
+    empty(err);
+    cr_expect_eq(run((const char *[]){"--check", "--set", "learner.mode=distributed", "--set",
+                                      "kafka.topic.policy=promptd.rewards", NULL}),
+                 78);
+    cr_expect(file_has(err, "kafka.topic.policy: must differ from kafka.topic.rewards"));
+    empty(err);
+    cr_expect_eq(run((const char *[]){"--check", "--set", "learner.mode=distributed", "--set",
+                                      "learner.triplets=yes", NULL}),
+                 78);
+    cr_expect(file_has(err, "learner.triplets: needs learner.mode local"));
 
     /* An include that is not a regular file (a directory) is named. */
     char sub[600], line[700];
