@@ -75,7 +75,8 @@ INTEG_BINS   := $(INTEG_TESTS:%=$(BUILD)/tests/test_%)
 FORMAT_SRC   := $(wildcard daemon/*.[ch] $(KERNEL_SRC) $(KERNEL_SRC:.c=.h) tests/*.[ch] \
                 bench/*.[ch] tools/*.[ch] fuzz/*.[ch])
 
-.PHONY: all deps deps-torch check check-unit check-integration check-format check-fuzz format \
+.PHONY: all deps deps-torch check check-build check-unit check-integration check-format \
+        check-fuzz format \
         demo bench fuzz fuzz-run soak install clean reference model
 .DEFAULT_GOAL := all
 # Keep objects between runs: they are intermediate files of the pattern rules.
@@ -176,7 +177,9 @@ $(BUILD)/obj/tests/%.o: tests/%.c
 
 # --- tests ---
 
+# Everything is built first on both cores; the tests then run one suite at a time.
 check: deps
+	@$(MAKE) --no-print-directory -j2 check-build
 	@$(MAKE) --no-print-directory check-format check-unit check-integration check-fuzz
 	@echo "check: all tests passed"
 
@@ -240,6 +243,9 @@ $(FUZZ_LIB): $(LIB_SRC:%.c=$(BUILD)/fuzz/obj/%.o)
 
 $(BUILD)/fuzz/fuzz_%: $(BUILD)/fuzz/obj/fuzz/fuzz_%.o $(FUZZ_LIB)
 	$(FUZZ_CC) $(FUZZ_SAN) -fsanitize=fuzzer $(LDFLAGS) $^ $(ALL_LIBS) -o $@
+
+check-build: $(UNIT_BINS) $(UNIT_BINS_SAN) $(BUILD)/promptd $(BUILD)/promptctl \
+             $(BUILD)/san/promptd $(BUILD)/san/promptctl $(MODEL) $(INTEG_BINS) $(FUZZ_BINS)
 
 # Replays the seeds and the regressions without fuzzing: seconds, so `make check` runs it.
 check-fuzz: $(FUZZ_BINS)

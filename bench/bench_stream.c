@@ -349,16 +349,18 @@ static void scale_out(const char *promptd, const char *brokers) {
         drain(rd, 1000);
         for (int i = 0; i < k; i++) {
             snprintf(sets[i], sizeof sets[i],
-                     "kafka.group.id=bench-scale-%d kafka.topic.prompts=bench.scale "
+                     "kafka.group.id=bench-scale-%d kafka.topic.prompts=bench.scale-%d "
                      "kafka.topic.decisions=bench.scale.out learner.mode=distributed "
                      "kafka.topic.experience=bench.scale.exp-%d "
                      "kafka.topic.policy=bench.scale.policy-%d "
                      "learner.checkpoint_dir=/tmp/promptd-bench-state-%d",
-                     k, k, k, i);
+                     k, k, k, k, i);
             pids[i] = start_promptd(promptd, brokers, sets[i]);
         }
         sleep(SETTLE_S);
-        preload(brokers, "bench.scale", prefix, PROMPTS, alarm_text);
+        char topic[32]; /* each round its own, so that a new group has nothing old to read */
+        snprintf(topic, sizeof topic, "bench.scale-%d", k);
+        preload(brokers, topic, prefix, PROMPTS, alarm_text);
         double secs = time_outputs(rd, PROMPTS, 180);
         close_reader(rd);
         for (int i = 0; i < k; i++) kill(pids[i], SIGTERM);
@@ -372,13 +374,14 @@ static void scale_out(const char *promptd, const char *brokers) {
 int main(int argc, char **argv) {
     const char *promptd = argc > 1 ? argv[1] : "build/promptd";
     const char *topics[] = {"promptd.prompts", "promptd.decisions", "promptd.dead-letters",
-                            "promptd.rewards", "bench.copy",        "bench.scale",
-                            "bench.scale.out"};
+                            "promptd.rewards", "bench.copy",        "bench.scale.out"};
     char err[512];
     MockBroker *mb;
-    if (mockbroker_start(&mb, 3, topics, 7, PARTITIONS, err, sizeof err)) die(err);
+    if (mockbroker_start(&mb, 3, topics, 6, PARTITIONS, err, sizeof err)) die(err);
     for (int k = 1; k <= 3; k++) {
         char name[64];
+        snprintf(name, sizeof name, "bench.scale-%d", k);
+        rd_kafka_mock_topic_create(mockbroker_cluster(mb), name, PARTITIONS, 3);
         snprintf(name, sizeof name, "bench.scale.exp-%d", k);
         rd_kafka_mock_topic_create(mockbroker_cluster(mb), name, 1, 3);
         snprintf(name, sizeof name, "bench.scale.policy-%d", k);

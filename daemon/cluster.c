@@ -124,10 +124,7 @@ static int open_elector(Cluster *cl, const Config *c, const char *brokers, char 
                         size_t errlen) {
     char group[300];
     snprintf(group, sizeof group, "%s.learner", c->kafka_group_id);
-    /* Offsets are committed by hand, after the snapshot that covers them is acknowledged.
-     * A rebalance waits for every member up to max.poll.interval.ms, and a member that died
-     * in the middle of one held the election for the default 5 minutes on the mock cluster:
-     * this group is polled every turn of the serving loop, so 30 s is ample. */
+    /* Offsets are committed by hand, after the snapshot that covers them is acknowledged. */
     const char *settings[] = {"group.id",
                               group,
                               "enable.auto.commit",
@@ -136,10 +133,21 @@ static int open_elector(Cluster *cl, const Config *c, const char *brokers, char 
                               "false",
                               "auto.offset.reset",
                               "earliest",
-                              "max.poll.interval.ms",
-                              "30000",
                               NULL};
     rd_kafka_conf_t *conf = client_conf(cl, brokers, &c->consumer_props, settings);
+
+    /* A rebalance waits for every member up to max.poll.interval.ms, and a member that died
+     * in the middle of one held the election for the default 5 minutes on the mock cluster.
+     * This group is polled every turn of the serving loop: the session timeout (which
+     * librdkafka requires it to reach), or 30 s if that is shorter, is ample. */
+    char value[32];
+    size_t len = sizeof value;
+    long poll_ms = 30000;
+    if (rd_kafka_conf_get(conf, "session.timeout.ms", value, &len) == RD_KAFKA_CONF_OK &&
+        atol(value) > poll_ms)
+        poll_ms = atol(value);
+    snprintf(value, sizeof value, "%ld", poll_ms);
+    rd_kafka_conf_set(conf, "max.poll.interval.ms", value, err, errlen);
     /* on_rebalance assigns eagerly; a cooperative strategy from kafka.consumer.* would need
      * incremental assignment, and one partition gains nothing from it. */
     char why[256];

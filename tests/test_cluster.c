@@ -58,8 +58,13 @@ static void cluster_stop(Cluster *c) {
     harness_cleanup();
 }
 
-/* Instance i, with extra --set values (NULL-terminated, or NULL). */
-static void instance_start(Cluster *c, int i, const char *const *extra) {
+static void instance_serving(Cluster *c, int i) {
+    cr_assert_eq(harness_wait_text(c->log[i], "serving:", 60000), 0, "instance %d did not start",
+                 i);
+}
+
+/* Instance i, with extra --set values (NULL-terminated, or NULL); wait: until it serves. */
+static void instance_spawn(Cluster *c, int i, const char *const *extra, bool wait) {
     char sets[5][700];
     snprintf(c->admin[i], sizeof c->admin[i], "%s/admin%d.sock", c->dir, i);
     snprintf(c->log[i], sizeof c->log[i], "%s/promptd%d.log", c->dir, i);
@@ -85,8 +90,11 @@ static void instance_start(Cluster *c, int i, const char *const *extra) {
     argv[n] = NULL;
     cr_assert_eq(proc_start(&c->proc[i], argv, NULL, NULL, c->log[i]), 0);
     c->running[i] = true;
-    cr_assert_eq(harness_wait_text(c->log[i], "serving:", 60000), 0, "instance %d did not start",
-                 i);
+    if (wait) instance_serving(c, i);
+}
+
+static void instance_start(Cluster *c, int i, const char *const *extra) {
+    instance_spawn(c, i, extra, true);
 }
 
 static double metric(Cluster *c, int i, const char *line_start) {
@@ -176,15 +184,15 @@ static void send_rewards(Cluster *c, const char *prefix, int from, int n) {
 }
 
 #define TAKEN "\npromptd_cluster_experiences_total{outcome=\"taken\"} "
-#define CHUNK 1000
+#define CHUNK 1000 /* rewards sent at once around a failover */
 
-/* Sends the rewards of from .. from+n-1 in chunks of CHUNK, each once the learner has taken
+/* Sends the rewards of from .. from+n-1 in chunks of most, each once the learner has taken
  * the experiences of the one before: the mock cluster keeps only about 5 MiB of a
  * partition (about 5,000 experiences) and silently drops older messages, which a learner
  * further behind (a rebalance of the learner group takes seconds) would never read. */
-static void send_rewards_paced(Cluster *c, const char *prefix, int from, int n) {
+static void send_rewards_paced(Cluster *c, const char *prefix, int from, int n, int most) {
     for (int sent = 0; sent < n;) {
-        int chunk = n - sent < CHUNK ? n - sent : CHUNK;
+        int chunk = n - sent < most ? n - sent : most;
         send_rewards(c, prefix, from + sent, chunk);
         sent += chunk;
         double taken = sum_reaching(c, TAKEN, from + sent, 120000);
@@ -274,7 +282,8 @@ static void produce_snapshot(Cluster *c, uint64_t version, bool damaged) {
 /* The mock cluster, Redis, and three instances with their learner elected; returns it. */
 static int three_instances(Cluster *c) {
     cluster_start(c);
-    for (int i = 0; i < 3; i++) instance_start(c, i, NULL);
+    for (int i = 0; i < 3; i++) instance_spawn(c, i, NULL, false);
+    for (int i = 0; i < 3; i++) instance_serving(c, i);
     int learner = settled_learner(c, 90000);
     cr_assert_geq(learner, 0, "no single learner was elected");
     return learner;
@@ -295,7 +304,7 @@ Test(cluster, three_instances_serve_and_learn_as_one) {
     /* The group was stable before the stream: a duplicate would need a rebalance. */
     cr_expect_leq(decided - n, 2000, "%.0f duplicates, beyond the in-flight bound", decided - n);
 
-    send_rewards_paced(&c, "c-", 0, n);
+    send_rewards_paced(&c, "c-", 0, n, 4 * CHUNK); /* no failover here: less pacing */
     const char *joined = "\npromptd_reward_events_total{outcome=\"joined\"} ";
     /* Reward outcomes are published once a second; the learner's count at once. */
     double took = metric_sum(&c, TAKEN), joins = sum_reaching(&c, joined, n, 10000);
@@ -378,7 +387,7 @@ Test(cluster, the_learner_killed_is_replaced_and_nothing_is_learned_twice) {
     cr_assert_geq(sum_reaching(&c, "\npromptd_decisions_total ", n, 240000), n,
                   "prompts undecided");
     /* Half the rewards, the last of them still being learned when the learner dies. */
-    send_rewards_paced(&c, "k-", 0, n / 2 - CHUNK);
+    send_rewards_paced(&c, "k-", 0, n / 2 - CHUNK, CHUNK);
     send_rewards(&c, "k-", n / 2 - CHUNK, CHUNK);
     double before = metric(&c, learner, "\npromptd_policy_published_version ");
     cr_assert_gt(before, 0, "nothing published before the kill");
@@ -431,4 +440,28 @@ Test(cluster, the_learner_killed_is_replaced_and_nothing_is_learned_twice) {
         c.running[i] = false;
     }
     cluster_stop(&c);
+}
+
+/* With nothing but learner.mode distributed (librdkafka's default session timeout, the
+ * embedded broker creating both topics), one instance elects itself and stops cleanly. */
+Test(cluster, alone_on_the_defaults_an_instance_is_its_own_learner) {
+    const char *dir = harness_tmpdir();
+    char log[600], state[700];
+    snprintf(log, sizeof log, "%s/promptd.log", dir);
+    snprintf(state, sizeof state, "learner.checkpoint_dir=%s/state", dir);
+    char *argv[] = {(char *)harness_promptd(),
+                    "--set",
+                    "learner.mode=distributed",
+                    "--set",
+                    "metrics.listen=127.0.0.1:0",
+                    "--set",
+                    state,
+                    NULL};
+    Proc p;
+    cr_assert_eq(proc_start(&p, argv, NULL, NULL, log), 0);
+    cr_expect_eq(harness_wait_text(log, "this instance is the learner", 60000), 0,
+                 "it did not become the learner");
+    proc_signal(&p, SIGTERM);
+    cr_expect_eq(proc_wait(&p, 60000), 0, "it did not stop cleanly");
+    harness_cleanup();
 }
