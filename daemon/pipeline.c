@@ -531,38 +531,32 @@ static int stage_produce(Pipeline *p, Slot *slots, int n, char *err, size_t errl
 
 /* --- rewards --- */
 
-/* One debug line per experience, naming its id: what a crash test counts to prove that no
- * reward is learned twice across restarts. */
-static void log_experience(const Experience *e) {
-    json_t *d = json_loads(e->decision, 0, NULL);
-    const char *id = json_string_value(json_object_get(d, "id"));
-    pd_log_write(PD_LOG_DEBUG, PD_MOD_LEARNER, "experience id=%s reward=%g events=%u",
-                 id ? id : "?", e->reward, e->events);
-    json_decref(d);
-}
-
-/* learner.mode distributed: the experience goes to the learner through Kafka. */
-static void send_experience(Pipeline *p, Experience *e) {
-    char err[600];
-    json_t *d = json_loads(e->decision, 0, NULL);
-    const char *id = json_string_value(json_object_get(d, "id"));
-    if (cluster_send_experience(p->parts.cluster, e, id ? id : "", err, sizeof err))
-        pd_log(PD_LOG_ERR, PD_MOD_LEARNER, "%s", err);
-    json_decref(d);
-    experience_free(e);
-}
-
+/* Hands a closed experience on: to the learner thread, to the experience topic
+ * (learner.mode distributed), or nowhere (learner.enabled no). Its id is read from the
+ * decision's JSON once, for whichever needs it: the debug line per experience (which a
+ * crash test counts to prove that no reward is learned twice) and the topic's message. */
 static void submit(Pipeline *p, Experience *e) {
+    char err[600];
+    bool debug = pd_log_enabled(PD_LOG_DEBUG, PD_MOD_LEARNER);
+    bool distributed = p->parts.learn && p->parts.cluster;
+    json_t *d = debug || distributed ? json_loads(e->decision, 0, NULL) : NULL;
+    const char *id = json_string_value(json_object_get(d, "id"));
+
     observe_reward(e->reward);
-    if (pd_log_enabled(PD_LOG_DEBUG, PD_MOD_LEARNER)) log_experience(e);
-    if (p->parts.learn && p->parts.cluster) {
-        send_experience(p, e);
+    if (debug)
+        pd_log_write(PD_LOG_DEBUG, PD_MOD_LEARNER, "experience id=%s reward=%g events=%u",
+                     id ? id : "?", e->reward, e->events);
+    if (distributed) {
+        if (cluster_send_experience(p->parts.cluster, e, id ? id : "", err, sizeof err))
+            pd_log(PD_LOG_ERR, PD_MOD_LEARNER, "%s", err);
+        experience_free(e);
     } else if (p->parts.learn) {
         learner_submit(p->parts.learner, e);
     } else {
         pd_count(&pd_stats.experiences_unlearned, 1);
         experience_free(e);
     }
+    json_decref(d);
 }
 
 /* The session of a decision, from its JSON, for the session's previous reward. */

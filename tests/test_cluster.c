@@ -50,9 +50,15 @@ static void cluster_start(Cluster *c) {
     c->bootstrap = mockbroker_bootstraps(c->broker);
 }
 
+/* SIGTERM to every instance still running, each expected to exit 0, then the rest. */
 static void cluster_stop(Cluster *c) {
-    for (int i = 0; i < INSTANCES_MAX; i++)
-        if (c->running[i]) proc_stop(&c->proc[i]);
+    for (int i = 0; i < INSTANCES_MAX; i++) {
+        if (!c->running[i]) continue;
+        proc_signal(&c->proc[i], SIGTERM);
+        cr_expect_eq(proc_wait(&c->proc[i], 60000), 0, "instance %d did not stop cleanly", i);
+        proc_stop(&c->proc[i]); /* a no-op once it has exited */
+        c->running[i] = false;
+    }
     mockbroker_stop(c->broker);
     rserver_stop(&c->redis);
     harness_cleanup();
@@ -339,11 +345,6 @@ Test(cluster, three_instances_serve_and_learn_as_one) {
                      "instance %d serves the damaged snapshot", i);
     cr_expect_eq(converged_version(&c, 30000), version, "the policy moved without learning");
 
-    for (int i = 0; i < 4; i++) {
-        proc_signal(&c.proc[i], SIGTERM);
-        cr_expect_eq(proc_wait(&c.proc[i], 60000), 0, "instance %d did not stop cleanly", i);
-        c.running[i] = false;
-    }
     cluster_stop(&c);
 }
 
@@ -433,12 +434,6 @@ Test(cluster, the_learner_killed_is_replaced_and_nothing_is_learned_twice) {
     double version = converged_version(&c, 60000);
     cr_expect_gt(version, resumed, "no learning after the failover");
 
-    for (int i = 0; i < 3; i++) {
-        if (!c.running[i]) continue;
-        proc_signal(&c.proc[i], SIGTERM);
-        cr_expect_eq(proc_wait(&c.proc[i], 60000), 0, "instance %d did not stop cleanly", i);
-        c.running[i] = false;
-    }
     cluster_stop(&c);
 }
 
