@@ -78,9 +78,25 @@ struct Kafka {
     rd_kafka_message_t **held;
     size_t held_len, held_cap;
     int64_t flush_timeout_ms;
+
+    /* The prompts read again after an assignment (kafka_replaying): by partition, the end
+     * offset it had when assigned, or -1 once read that far (or nothing to read again). */
+    int64_t *replay_end;
+    size_t replay_len;
+    size_t replay_left; /* partitions not yet read to their end */
+    uint64_t replay_deadline_ms;
+    int64_t replay_max_ms; /* how long reward events wait for it at most */
     bool fatal;
     char fatal_reason[1024];
 };
+
+/* Reward events wait for the prompts read again after an assignment (kafka_replaying) for
+ * at most this long, or reward.window if shorter. The end it waits for is where each
+ * partition ended at the assignment, so with a backlog it waits for all of it, and a
+ * reward event whose decision never comes (its prompt was committed, its journal entry
+ * lost) waits until then, set aside by the pipeline so that it stops nothing. A minute
+ * covers re-reading the in-flight prompts of a crash many times over. */
+#define REPLAY_MAX_MS (60 * 1000)
 
 /* --- configuration --- */
 
@@ -263,12 +279,14 @@ int kafka_open(Kafka **out, const Config *c, const char *brokers, char *err, siz
 void kafka_reconfigure(Kafka *k, const Config *c) {
     k->max_inflight = (size_t)c->max_inflight;
     k->flush_timeout_ms = c->shutdown_timeout_ms;
+    k->replay_max_ms = c->reward_window_ms < REPLAY_MAX_MS ? c->reward_window_ms : REPLAY_MAX_MS;
 }
 
 void kafka_close(Kafka *k) {
     if (!k) return;
     kafka_release(k->held, (int)k->held_len); /* not done: read again after a restart */
     free(k->held);
+    k->held = NULL, k->held_len = 0; /* the revoke callback of the close below drops them */
     if (k->queue) rd_kafka_queue_destroy(k->queue);
     if (k->rewards) rd_kafka_queue_destroy(k->rewards);
     if (k->consumer) {
@@ -277,6 +295,7 @@ void kafka_close(Kafka *k) {
         if (rc) pd_log(PD_LOG_WARNING, PD_MOD_KAFKA, "leaving the group: %s", rd_kafka_err2str(rc));
         rd_kafka_destroy(k->consumer);
     }
+    free(k->replay_end); /* after the close, whose revoke callback still reads it */
     for (int i = 0; i < KAFKA_OUTPUT_COUNT; i++)
         if (k->out[i]) rd_kafka_topic_destroy(k->out[i]);
     if (k->producer) rd_kafka_destroy(k->producer);
@@ -601,16 +620,102 @@ static int held_append(Kafka *k, rd_kafka_message_t *m);
 
 /* Held reward events of partitions this member gives up are let go, not done: their new
  * owner reads them from the last commit. */
-static void drop_held(Kafka *k, const rd_kafka_topic_partition_list_t *parts) {
+static void drop_revoked(rd_kafka_message_t **msgs, size_t *len,
+                         const rd_kafka_topic_partition_list_t *parts) {
     size_t kept = 0;
-    for (size_t i = 0; i < k->held_len; i++) {
-        rd_kafka_message_t *m = k->held[i];
+    for (size_t i = 0; i < *len; i++) {
+        rd_kafka_message_t *m = msgs[i];
         if (rd_kafka_topic_partition_list_find(parts, rd_kafka_topic_name(m->rkt), m->partition))
             rd_kafka_message_destroy(m);
         else
-            k->held[kept++] = m;
+            msgs[kept++] = m;
     }
-    k->held_len = kept;
+    *len = kept;
+}
+
+/* --- re-reading after an assignment --- */
+
+/* The broker queries at an assignment share this budget, so that a broker that does not
+ * answer delays the assignment by seconds, not seconds per partition. */
+#define REPLAY_QUERY_MS 5000
+
+static void replay_forget(Kafka *k, int32_t partition) {
+    if (partition < 0 || (size_t)partition >= k->replay_len || k->replay_end[partition] < 0) return;
+    k->replay_end[partition] = -1;
+    k->replay_left--;
+}
+
+static void replay_track(Kafka *k, int32_t partition, int64_t end) {
+    if ((size_t)partition >= k->replay_len) {
+        size_t len = (size_t)partition + 1;
+        int64_t *grown = realloc(k->replay_end, len * sizeof *grown);
+        if (!grown) return; /* untracked: its rewards are not held, as before */
+        for (size_t i = k->replay_len; i < len; i++) grown[i] = -1;
+        k->replay_end = grown;
+        k->replay_len = len;
+    }
+    if (k->replay_end[partition] < 0) k->replay_left++;
+    k->replay_end[partition] = end;
+}
+
+/* Notes how far each newly assigned prompts partition reaches (its end offset) when its
+ * last commit is behind it: those prompts are read again, and decided again, and until
+ * they are, a reward event for one of them finds no decision. Re-read after a crash, the
+ * reward events would otherwise be taken first (they have their own queue) and counted
+ * unknown, losing their rewards. Nothing is noted when the broker cannot say: rewards
+ * are then not held, as without this. */
+static void start_replay(Kafka *k, rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts) {
+    if (!k->rewards) return;
+    rd_kafka_topic_partition_list_t *prompts = rd_kafka_topic_partition_list_new(parts->cnt);
+    for (int i = 0; i < parts->cnt; i++)
+        if (input_named(k, parts->elems[i].topic) == &k->in[KAFKA_PROMPTS])
+            rd_kafka_topic_partition_list_add(prompts, parts->elems[i].topic,
+                                              parts->elems[i].partition);
+    uint64_t until = pd_mono_ms() + REPLAY_QUERY_MS;
+    int64_t behind = 0;
+    if (prompts->cnt && !rd_kafka_committed(rk, prompts, REPLAY_QUERY_MS)) {
+        for (int i = 0; i < prompts->cnt && pd_mono_ms() < until; i++) {
+            rd_kafka_topic_partition_t *tp = &prompts->elems[i];
+            int64_t low, high;
+            if (tp->err || rd_kafka_query_watermark_offsets(rk, tp->topic, tp->partition, &low,
+                                                            &high, (int)(until - pd_mono_ms())))
+                continue;
+            int64_t from = tp->offset >= 0 ? tp->offset : low;
+            if (from >= high) continue;
+            replay_track(k, tp->partition, high);
+            behind += high - from;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(prompts);
+    if (!k->replay_left) return;
+    k->replay_deadline_ms = pd_mono_ms() + (uint64_t)k->replay_max_ms;
+    pd_log(PD_LOG_INFO, PD_MOD_KAFKA,
+           "%" PRId64 " prompt(s) since the last commit are read again; reward events without "
+           "a decision wait for them (at most %" PRId64 " s)",
+           behind, k->replay_max_ms / 1000);
+}
+
+bool kafka_replaying(Kafka *k) {
+    if (!k->replay_left) return false;
+    if (pd_mono_ms() < k->replay_deadline_ms) return true;
+    pd_log(PD_LOG_WARNING, PD_MOD_KAFKA,
+           "%zu prompts partition(s) not read again within %" PRId64 " s; reward events "
+           "without a decision no longer wait for them",
+           k->replay_left, k->replay_max_ms / 1000);
+    for (size_t i = 0; i < k->replay_len; i++) k->replay_end[i] = -1;
+    k->replay_left = 0;
+    return false;
+}
+
+/* A prompt taken: its partition's re-reading may be over. */
+static void replay_progress(Kafka *k, const rd_kafka_message_t *m) {
+    int32_t partition = m->partition;
+    if (!k->replay_left || partition < 0 || (size_t)partition >= k->replay_len) return;
+    if (k->replay_end[partition] >= 0 && m->offset + 1 >= k->replay_end[partition]) {
+        replay_forget(k, partition);
+        if (!k->replay_left)
+            pd_log(PD_LOG_INFO, PD_MOD_KAFKA, "the prompts since the last commit are read again");
+    }
 }
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -626,6 +731,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         else
             rd_kafka_assign(rk, parts);
         route_rewards(k, parts);
+        start_replay(k, rk, parts);
         if (k->paused) rd_kafka_pause_partitions(rk, parts);
         if (k->held_len) pause_rewards(k, true);
         return;
@@ -653,8 +759,9 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     for (int i = 0; i < parts->cnt; i++) {
         Input *in = input_named(k, parts->elems[i].topic);
         if (in) offtrack_reset(in->tracker, parts->elems[i].partition);
+        if (in == &k->in[KAFKA_PROMPTS]) replay_forget(k, parts->elems[i].partition);
     }
-    drop_held(k, parts);
+    drop_revoked(k->held, &k->held_len, parts);
     if (cooperative)
         rd_kafka_incremental_unassign(rk, parts);
     else
@@ -726,7 +833,11 @@ int kafka_poll_batch(Kafka *k, rd_kafka_message_t **msgs, int max, int wait_ms, 
         return rc;
     }
     int prompts = 0;
-    for (int i = 0; i < n; i++) prompts += kafka_input_of(k, msgs[i]) == KAFKA_PROMPTS;
+    for (int i = 0; i < n; i++) {
+        if (kafka_input_of(k, msgs[i]) != KAFKA_PROMPTS) continue;
+        prompts++;
+        replay_progress(k, msgs[i]);
+    }
     pd_count(&pd_stats.prompts_consumed, (uint64_t)prompts);
     return n;
 }

@@ -16,6 +16,7 @@
 #define PD_KAFKA_H
 
 #include <librdkafka/rdkafka.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "config.h"
@@ -85,6 +86,14 @@ int kafka_take_held(Kafka *k, rd_kafka_message_t **msgs, int max);
 
 /* Reward events kept by kafka_hold. */
 size_t kafka_held(const Kafka *k);
+
+/* Whether prompts assigned to this member are being read again: at an assignment, every
+ * prompts partition whose last commit is behind its end is read up to that end (prompts
+ * decided before a crash or by a member that left, whose decisions may be unknown to the
+ * journal). A reward event for one of them read meanwhile should wait rather than be
+ * counted unknown. It stops after a minute (or reward.window if shorter) in any
+ * case: a partition whose last offset is a transaction marker is never read "to its end". */
+bool kafka_replaying(Kafka *k);
 
 /* Serves delivery reports (waiting up to timeout_ms for one), stores commit points,
  * re-sends failed deliveries and pauses or resumes the input. Returns 0, or PD_EFATAL with

@@ -193,9 +193,14 @@ static void count(Learner *l, uint64_t *field, uint64_t n) {
     pthread_mutex_unlock(&l->slock);
 }
 
-static void set_failing(Learner *l, bool failing) {
+/* The counter and the flag change together, so /healthz never disagrees with /metrics. */
+static void record_checkpoint(Learner *l, bool saved) {
     pthread_mutex_lock(&l->slock);
-    l->stats.checkpoint_failing = failing;
+    if (saved)
+        l->stats.checkpoints++;
+    else
+        l->stats.checkpoint_errors++;
+    l->stats.checkpoint_failing = !saved;
     pthread_mutex_unlock(&l->slock);
 }
 
@@ -209,12 +214,10 @@ static void write_checkpoint(Learner *l) {
     if (checkpoint_write(l->cfg.checkpoint_dir, &ck, l->cfg.checkpoint_keep, err, sizeof err)) {
         /* Loud, but not fatal: serving goes on with the policy in memory. */
         pd_log(PD_LOG_ERR, PD_MOD_LEARNER, "checkpoint failed, the policy is not saved: %s", err);
-        count(l, &l->stats.checkpoint_errors, 1);
-        set_failing(l, true);
+        record_checkpoint(l, false);
         return;
     }
-    count(l, &l->stats.checkpoints, 1);
-    set_failing(l, false);
+    record_checkpoint(l, true);
     l->last_checkpoint_ms = (int64_t)pd_mono_ms();
 }
 

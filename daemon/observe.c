@@ -218,8 +218,9 @@ static void render_rewards(MetricsWriter *w, const JournalStats *j, double mean)
     metrics_value1(w, "outcome", "no_reward", (double)pd_read(&pd_stats.rewards_none));
     metrics_value1(w, "outcome", "error", (double)pd_read(&pd_stats.reward_errors));
     metrics_gauge(w, "promptd_reward_events_waiting",
-                  "Reward events kept unjoined, their partitions paused, until the journal "
-                  "can record them (Redis unavailable or refusing writes).",
+                  "Reward events kept unjoined: until the journal can record them (Redis "
+                  "unavailable or refusing writes; their partitions paused), or their "
+                  "decisions are made again (prompts read again after a crash).",
                   (double)pd_read(&pd_stats.rewards_waiting));
     metrics_counter(w, "promptd_journal_expired_total",
                     "Decisions whose reward window closed with no event.", (double)j->expired);

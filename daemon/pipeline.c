@@ -35,6 +35,22 @@ typedef struct {
     size_t len, cap;
 } Arena;
 
+/* A reward event read before its prompt, which is being read again (kafka_replaying): a
+ * copy of its message, whose offset is done so that it stops no other event. Set aside in
+ * memory only, it is lost if promptd stops first, as it would be, counted unknown,
+ * without the wait. */
+typedef struct {
+    char *payload;
+    size_t len;
+} ParkedReward;
+
+/* Bounds on what is set aside; past them an event is counted unknown, as without the
+ * wait. A crash re-reads at most kafka.max_inflight prompts and what was acknowledged
+ * since the last commit, so these are only reached with reward events for ids no prompt
+ * has (or had within reward.window). */
+#define PARK_MAX_EVENTS 4096
+#define PARK_MAX_BYTES  (16u << 20)
+
 struct Pipeline {
     PipelineParts parts;
     Kafka *kafka;
@@ -55,10 +71,13 @@ struct Pipeline {
     float *x;       /* one state */
     size_t x_cap;
     float features[PACK_FEATURES_MAX];
-    float *policy_copy;     /* where a new policy from the learner lands */
-    bool policy_started;    /* the learner's restored policy was taken */
-    uint64_t held_retry_ms; /* when held reward events are next offered again */
-    bool rewards_wait;      /* reward events wait for the journal (logged once) */
+    float *policy_copy;       /* where a new policy from the learner lands */
+    bool policy_started;      /* the learner's restored policy was taken */
+    uint64_t held_retry_ms;   /* when held reward events are next offered again */
+    uint64_t parked_retry_ms; /* when those set aside for their decisions are */
+    ParkedReward *parked;     /* set aside while the prompts are read again */
+    size_t parked_len, parked_cap, parked_bytes;
+    bool rewards_wait; /* reward events wait for the journal (logged once) */
     int32_t *norm_work;
     size_t norm_work_cap;
     bool *eligible; /* one flag per template of the pack */
@@ -139,6 +158,12 @@ void pipeline_free(Pipeline *p) {
     msg_buf_free(&p->render_buf);
     msg_buf_free(&p->out);
     free(p->prompts_topic);
+    if (p->parked_len)
+        pd_log(PD_LOG_WARNING, PD_MOD_LEARNER,
+               "%zu reward event(s) waiting for their prompts to be decided again are dropped",
+               p->parked_len);
+    for (size_t i = 0; i < p->parked_len; i++) free(p->parked[i].payload);
+    free(p->parked);
     free(p);
 }
 
@@ -567,15 +592,25 @@ static void reward_session(Pipeline *p, const json_t *decision, double r) {
                          r, pd_wall_ms());
 }
 
-/* Scores an event with the pack's reward() and joins it to its decision's journal entry.
- * Returns false when the journal cannot take it yet (Redis unavailable): it must wait. */
-static bool join_reward(Pipeline *p, const RewardEvent *ev) {
+/* Why a reward event cannot be taken yet. */
+typedef enum {
+    TAKEN,         /* joined, or counted (unknown, late, no reward, error) */
+    WAIT_JOURNAL,  /* Redis unavailable or refusing writes */
+    WAIT_DECISION, /* no decision yet, while the prompts since the last commit are re-read */
+} RewardTake;
+
+/* Scores an event with the pack's reward() and joins it to its decision's journal entry,
+ * or says why it must wait. */
+static RewardTake join_reward(Pipeline *p, const RewardEvent *ev, bool may_wait_decision) {
     char err[1024];
     const char *text = journal_decision(p->parts.journal, ev->id, ev->id_len);
     Experience e;
+    if (!text && may_wait_decision && kafka_replaying(p->kafka)) return WAIT_DECISION;
     if (!text) /* counted as unknown or late, or it waits for Redis */
-        return journal_reward(p->parts.journal, ev->id, ev->id_len, 0, pd_wall_ms(), &e) !=
-               JOIN_UNAVAILABLE;
+        return journal_reward(p->parts.journal, ev->id, ev->id_len, 0, pd_wall_ms(), &e) ==
+                       JOIN_UNAVAILABLE
+                   ? WAIT_JOURNAL
+                   : TAKEN;
 
     double r = 0;
     bool waits = false;
@@ -596,13 +631,29 @@ static bool join_reward(Pipeline *p, const RewardEvent *ev) {
         if (!waits) reward_session(p, decision, r); /* once, when the event is taken */
     }
     json_decref(decision);
-    return !waits;
+    return waits ? WAIT_JOURNAL : TAKEN;
 }
 
-/* A reward event: joined, or a dead letter when it cannot be read. Its offset is done
- * once it is joined (reward events produce no output). Sets *waits, leaving it not done,
- * when the journal cannot take it yet. */
-static int process_reward(Pipeline *p, rd_kafka_message_t *m, bool *waits, char *err,
+static int park_reward(Pipeline *p, const rd_kafka_message_t *m) {
+    if (p->parked_len == p->parked_cap) {
+        size_t cap = p->parked_cap ? p->parked_cap * 2 : 64;
+        ParkedReward *grown = realloc(p->parked, cap * sizeof *grown);
+        if (!grown) return PD_ENOMEM;
+        p->parked = grown;
+        p->parked_cap = cap;
+    }
+    char *copy = malloc(m->len ? m->len : 1);
+    if (!copy) return PD_ENOMEM;
+    memcpy(copy, m->payload, m->len);
+    p->parked[p->parked_len++] = (ParkedReward){.payload = copy, .len = m->len};
+    p->parked_bytes += m->len;
+    return PD_OK;
+}
+
+/* A reward event: joined, set aside for its decision, or a dead letter when it cannot be
+ * read. Its offset is then done (reward events produce no output). Sets *take to
+ * WAIT_JOURNAL, leaving it not done, when the journal cannot take it yet. */
+static int process_reward(Pipeline *p, rd_kafka_message_t *m, RewardTake *take, char *err,
                           size_t errlen) {
     RewardEvent ev;
     char why[512];
@@ -613,28 +664,36 @@ static int process_reward(Pipeline *p, rd_kafka_message_t *m, bool *waits, char 
         snprintf(s.why, sizeof s.why, "reward event: %s", why);
         return produce_dead_letter(p, &s, err, errlen);
     }
-    *waits = !join_reward(p, &ev);
+    bool room = p->parked_len < PARK_MAX_EVENTS && p->parked_bytes + m->len <= PARK_MAX_BYTES;
+    *take = join_reward(p, &ev, room);
     msg_reward_free(&ev);
-    if (*waits) return PD_OK;
+    if (*take == WAIT_DECISION && park_reward(p, m) == PD_OK) *take = TAKEN;
+    if (*take == WAIT_DECISION) {
+        snprintf(err, errlen, "no memory to set a reward event aside");
+        return PD_ENOMEM;
+    }
+    if (*take != TAKEN) return PD_OK;
     pd_count(&pd_stats.rewards_consumed, 1);
     kafka_done(p->kafka, m);
     return PD_OK;
 }
 
-/* Reward events msgs[0..n), in order. From the first that must wait, they are kept by
- * kafka_hold (their slots become NULL) and offered again by run_held. */
+/* Reward events msgs[0..n), in order. From the first that must wait for the journal, they
+ * are kept by kafka_hold (their slots become NULL) and offered again by run_held. One that
+ * waits for its decision is set aside (park_reward) and offered again by run_parked; the
+ * wait for the prompts being read again is logged by kafka.c, once per assignment. */
 static int run_rewards(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err, size_t errlen) {
     for (int i = 0; i < n; i++) {
-        bool waits = false;
-        int rc = process_reward(p, msgs[i], &waits, err, errlen);
+        RewardTake take = TAKEN;
+        int rc = process_reward(p, msgs[i], &take, err, errlen);
         if (rc) return rc;
-        if (!waits) continue;
+        if (take == TAKEN) continue;
 
-        if (!p->rewards_wait) /* once per episode: the retries take them back and forth */
+        if (take == WAIT_JOURNAL && !p->rewards_wait) /* once per episode, not per retry */
             pd_log(PD_LOG_WARNING, PD_MOD_LEARNER,
                    "reward events wait: the journal cannot record their joins (redis "
                    "unavailable or refusing writes); they are read again when it can");
-        p->rewards_wait = true;
+        p->rewards_wait |= take == WAIT_JOURNAL;
         if (kafka_hold(p->kafka, msgs + i, n - i) == PD_OK) return PD_OK;
         snprintf(err, errlen, "no memory to hold %d reward events", n - i);
         return PD_ENOMEM;
@@ -660,6 +719,34 @@ static int run_held(Pipeline *p, char *err, size_t errlen) {
     return rc;
 }
 
+/* Offers the reward events set aside for their decisions again, a few times a second:
+ * joined once their prompts are decided again, or counted unknown once those are read
+ * again (kafka_replaying). The others stay aside. */
+static void run_parked(Pipeline *p) {
+    uint64_t now = pd_mono_ms();
+    if (!p->parked_len || now < p->parked_retry_ms) return;
+    p->parked_retry_ms = now + 200;
+
+    size_t kept = 0;
+    for (size_t i = 0; i < p->parked_len; i++) {
+        ParkedReward *r = &p->parked[i];
+        RewardEvent ev;
+        char why[512];
+        RewardTake take = TAKEN; /* it was read once, so it reads again */
+        if (msg_decode_reward(&ev, r->payload, r->len, p->max_bytes, why, sizeof why) == MSG_OK) {
+            take = join_reward(p, &ev, true);
+            msg_reward_free(&ev);
+        }
+        if (take != TAKEN) {
+            p->parked[kept++] = *r;
+            continue;
+        }
+        p->parked_bytes -= r->len;
+        free(r->payload);
+    }
+    p->parked_len = kept;
+}
+
 int pipeline_tick(Pipeline *p, int64_t now_ms, char *err, size_t errlen) {
     Experience closed[64];
     size_t n;
@@ -681,7 +768,9 @@ int pipeline_tick(Pipeline *p, int64_t now_ms, char *err, size_t errlen) {
     if (fresh) selector_set_policy(p->parts.selector, params, version);
     p->policy_started = params != NULL;
     int rc = run_held(p, err, errlen);
-    atomic_store_explicit(&pd_stats.rewards_waiting, kafka_held(p->kafka), memory_order_relaxed);
+    run_parked(p);
+    atomic_store_explicit(&pd_stats.rewards_waiting, kafka_held(p->kafka) + p->parked_len,
+                          memory_order_relaxed);
     return rc;
 }
 

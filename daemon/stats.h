@@ -38,9 +38,9 @@ typedef struct {
     atomic_uint_fast64_t policy_errors;  /* non-finite scores: a uniform choice instead */
     atomic_uint_fast64_t journal_errors; /* decisions not journaled (out of memory) */
     atomic_uint_fast64_t rewards_consumed;
-    atomic_uint_fast64_t rewards_none;    /* reward() returned nil */
-    atomic_uint_fast64_t reward_errors;   /* reward() failed or returned a non-number */
-    atomic_uint_fast64_t rewards_waiting; /* gauge: events kept until the journal takes them */
+    atomic_uint_fast64_t rewards_none;          /* reward() returned nil */
+    atomic_uint_fast64_t reward_errors;         /* reward() failed or returned a non-number */
+    atomic_uint_fast64_t rewards_waiting;       /* gauge: events kept until they can be joined */
     atomic_uint_fast64_t experiences_unlearned; /* no learner to take them */
     atomic_uint_fast64_t head_tunes;            /* fine-tuned encoder heads now serving */
 } PdStats;

@@ -972,8 +972,11 @@ Test(stream, twenty_kill_9_in_a_200000_prompt_stream_lose_nothing_and_learn_once
      * every 250 ms, so at the peak rate, half a second's worth covers the commit's round
      * trip and the batch being served. */
     int bound = INFLIGHT + (int)(peak_rate * 0.5), worst = 0;
-    for (int k = 0; k < KILLS; k++)
-        if (dups_after[k + 1] - dups_after[k] > worst) worst = dups_after[k + 1] - dups_after[k];
+    for (int k = 0; k < KILLS; k++) {
+        int dups = dups_after[k + 1] - dups_after[k];
+        if (dups > worst) worst = dups;
+        cr_log_info("kill %d at %d decided: %d duplicates after it", k + 1, kill_at[k], dups);
+    }
 
     /* Let the last rewards be learned: the experience count stops growing. */
     int *learned = calloc(TOTAL, sizeof *learned), lines = -1, settled = 0;
