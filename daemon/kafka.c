@@ -686,6 +686,9 @@ static void start_replay(Kafka *k, rd_kafka_t *rk, const rd_kafka_topic_partitio
             behind += high - from;
         }
     }
+    pd_log(PD_LOG_DEBUG, PD_MOD_KAFKA,
+           "%d prompts partition(s) asked for their last commits and ends in %" PRIu64 " ms",
+           prompts->cnt, pd_mono_ms() - (until - REPLAY_QUERY_MS));
     rd_kafka_topic_partition_list_destroy(prompts);
     if (!k->replay_left) return;
     k->replay_deadline_ms = pd_mono_ms() + (uint64_t)k->replay_max_ms;

@@ -36,9 +36,9 @@ typedef struct {
 } Arena;
 
 /* A reward event read before its prompt, which is being read again (kafka_replaying): a
- * copy of its message, whose offset is done so that it stops no other event. Set aside in
- * memory only, it is lost if promptd stops first, as it would be, counted unknown,
- * without the wait. */
+ * copy of its message, whose offset is done so that it stops no other event. It is kept
+ * in memory only: if promptd stops before the join, it is lost, as every such event was
+ * (counted unknown) before this wait. */
 typedef struct {
     char *payload;
     size_t len;

@@ -9,7 +9,9 @@
 set -u
 
 build=${1:-build}
-prompts=300
+# Enough for the learner to update and checkpoint (batches of 32) at least once; under
+# valgrind each prompt costs about a quarter of a second.
+prompts=100
 dir=$(mktemp -d "${TMPDIR:-/tmp}/promptd-valgrind.XXXXXX")
 pid=""
 cleanup() {
@@ -45,10 +47,18 @@ done
     fail "promptctl simulate failed: $(tail -3 "$dir/simulate.txt")"
 grep -q "\"decisions\": $prompts," "$dir/summary.json" ||
     fail "not every prompt was decided: $(cat "$dir/summary.json")"
+# The learner trains behind the stream, once the rewards' window closes: its first
+# checkpoint is awaited.
+waited=0
+until ls "$dir/state"/*.ckpt >/dev/null 2>&1; do
+    [ $waited -ge 120 ] && fail "the learner wrote no checkpoint in 60 s"
+    sleep 0.5
+    waited=$((waited + 1))
+done
 
 kill -TERM "$pid"
 wait "$pid"
 rc=$?
 pid=""
 [ $rc -eq 0 ] || fail "promptd under valgrind exited $rc (99: memory errors or definite leaks)"
-echo "ok   promptd under valgrind: $prompts prompts decided and rewarded, no memory error, no definite leak"
+echo "ok   promptd under valgrind: $prompts prompts decided and rewarded, a checkpoint written, no memory error, no definite leak"
