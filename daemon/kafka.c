@@ -620,17 +620,16 @@ static int held_append(Kafka *k, rd_kafka_message_t *m);
 
 /* Held reward events of partitions this member gives up are let go, not done: their new
  * owner reads them from the last commit. */
-static void drop_revoked(rd_kafka_message_t **msgs, size_t *len,
-                         const rd_kafka_topic_partition_list_t *parts) {
+static void drop_held(Kafka *k, const rd_kafka_topic_partition_list_t *parts) {
     size_t kept = 0;
-    for (size_t i = 0; i < *len; i++) {
-        rd_kafka_message_t *m = msgs[i];
+    for (size_t i = 0; i < k->held_len; i++) {
+        rd_kafka_message_t *m = k->held[i];
         if (rd_kafka_topic_partition_list_find(parts, rd_kafka_topic_name(m->rkt), m->partition))
             rd_kafka_message_destroy(m);
         else
-            msgs[kept++] = m;
+            k->held[kept++] = m;
     }
-    *len = kept;
+    k->held_len = kept;
 }
 
 /* --- re-reading after an assignment --- */
@@ -649,7 +648,7 @@ static void replay_track(Kafka *k, int32_t partition, int64_t end) {
     if ((size_t)partition >= k->replay_len) {
         size_t len = (size_t)partition + 1;
         int64_t *grown = realloc(k->replay_end, len * sizeof *grown);
-        if (!grown) return; /* untracked: its rewards are not held, as before */
+        if (!grown) return; /* untracked: reward events do not wait for it */
         for (size_t i = k->replay_len; i < len; i++) grown[i] = -1;
         k->replay_end = grown;
         k->replay_len = len;
@@ -662,8 +661,8 @@ static void replay_track(Kafka *k, int32_t partition, int64_t end) {
  * last commit is behind it: those prompts are read again, and decided again, and until
  * they are, a reward event for one of them finds no decision. Re-read after a crash, the
  * reward events would otherwise be taken first (they have their own queue) and counted
- * unknown, losing their rewards. Nothing is noted when the broker cannot say: rewards
- * are then not held, as without this. */
+ * unknown, losing their rewards. Nothing is noted when the broker cannot say: reward
+ * events then do not wait. */
 static void start_replay(Kafka *k, rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts) {
     if (!k->rewards) return;
     rd_kafka_topic_partition_list_t *prompts = rd_kafka_topic_partition_list_new(parts->cnt);
@@ -671,7 +670,7 @@ static void start_replay(Kafka *k, rd_kafka_t *rk, const rd_kafka_topic_partitio
         if (input_named(k, parts->elems[i].topic) == &k->in[KAFKA_PROMPTS])
             rd_kafka_topic_partition_list_add(prompts, parts->elems[i].topic,
                                               parts->elems[i].partition);
-    uint64_t until = pd_mono_ms() + REPLAY_QUERY_MS;
+    uint64_t started = pd_mono_ms(), until = started + REPLAY_QUERY_MS;
     int64_t behind = 0;
     if (prompts->cnt && !rd_kafka_committed(rk, prompts, REPLAY_QUERY_MS)) {
         for (int i = 0; i < prompts->cnt && pd_mono_ms() < until; i++) {
@@ -688,7 +687,7 @@ static void start_replay(Kafka *k, rd_kafka_t *rk, const rd_kafka_topic_partitio
     }
     pd_log(PD_LOG_DEBUG, PD_MOD_KAFKA,
            "%d prompts partition(s) asked for their last commits and ends in %" PRIu64 " ms",
-           prompts->cnt, pd_mono_ms() - (until - REPLAY_QUERY_MS));
+           prompts->cnt, pd_mono_ms() - started);
     rd_kafka_topic_partition_list_destroy(prompts);
     if (!k->replay_left) return;
     k->replay_deadline_ms = pd_mono_ms() + (uint64_t)k->replay_max_ms;
@@ -764,7 +763,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         if (in) offtrack_reset(in->tracker, parts->elems[i].partition);
         if (in == &k->in[KAFKA_PROMPTS]) replay_forget(k, parts->elems[i].partition);
     }
-    drop_revoked(k->held, &k->held_len, parts);
+    drop_held(k, parts);
     if (cooperative)
         rd_kafka_incremental_unassign(rk, parts);
     else

@@ -35,13 +35,13 @@ typedef struct {
     size_t len, cap;
 } Arena;
 
-/* A reward event read before its prompt, which is being read again (kafka_replaying): a
- * copy of its message, whose offset is done so that it stops no other event. It is kept
- * in memory only: if promptd stops before the join, it is lost, as every such event was
- * (counted unknown) before this wait. */
+/* A reward event read before its prompt, which is being read again (kafka_replaying),
+ * decoded; its offset is done so that it stops no other event. It is kept in memory only:
+ * if promptd stops before the join, it is lost, as every such event was (counted unknown)
+ * before this wait. */
 typedef struct {
-    char *payload;
-    size_t len;
+    RewardEvent ev;
+    size_t bytes; /* its message's size, for PARK_MAX_BYTES */
 } ParkedReward;
 
 /* Bounds on what is set aside; past them an event is counted unknown, as without the
@@ -162,7 +162,7 @@ void pipeline_free(Pipeline *p) {
         pd_log(PD_LOG_WARNING, PD_MOD_LEARNER,
                "%zu reward event(s) waiting for their prompts to be decided again are dropped",
                p->parked_len);
-    for (size_t i = 0; i < p->parked_len; i++) free(p->parked[i].payload);
+    for (size_t i = 0; i < p->parked_len; i++) msg_reward_free(&p->parked[i].ev);
     free(p->parked);
     free(p);
 }
@@ -634,7 +634,8 @@ static RewardTake join_reward(Pipeline *p, const RewardEvent *ev, bool may_wait_
     return waits ? WAIT_JOURNAL : TAKEN;
 }
 
-static int park_reward(Pipeline *p, const rd_kafka_message_t *m) {
+/* Takes *ev (it is left empty) to offer it again in run_parked. */
+static int park_reward(Pipeline *p, RewardEvent *ev, size_t bytes) {
     if (p->parked_len == p->parked_cap) {
         size_t cap = p->parked_cap ? p->parked_cap * 2 : 64;
         ParkedReward *grown = realloc(p->parked, cap * sizeof *grown);
@@ -642,11 +643,9 @@ static int park_reward(Pipeline *p, const rd_kafka_message_t *m) {
         p->parked = grown;
         p->parked_cap = cap;
     }
-    char *copy = malloc(m->len ? m->len : 1);
-    if (!copy) return PD_ENOMEM;
-    memcpy(copy, m->payload, m->len);
-    p->parked[p->parked_len++] = (ParkedReward){.payload = copy, .len = m->len};
-    p->parked_bytes += m->len;
+    p->parked[p->parked_len++] = (ParkedReward){.ev = *ev, .bytes = bytes};
+    p->parked_bytes += bytes;
+    memset(ev, 0, sizeof *ev);
     return PD_OK;
 }
 
@@ -666,8 +665,8 @@ static int process_reward(Pipeline *p, rd_kafka_message_t *m, RewardTake *take, 
     }
     bool room = p->parked_len < PARK_MAX_EVENTS && p->parked_bytes + m->len <= PARK_MAX_BYTES;
     *take = join_reward(p, &ev, room);
+    if (*take == WAIT_DECISION && park_reward(p, &ev, m->len) == PD_OK) *take = TAKEN;
     msg_reward_free(&ev);
-    if (*take == WAIT_DECISION && park_reward(p, m) == PD_OK) *take = TAKEN;
     if (*take == WAIT_DECISION) {
         snprintf(err, errlen, "no memory to set a reward event aside");
         return PD_ENOMEM;
@@ -689,11 +688,11 @@ static int run_rewards(Pipeline *p, rd_kafka_message_t **msgs, int n, char *err,
         if (rc) return rc;
         if (take == TAKEN) continue;
 
-        if (take == WAIT_JOURNAL && !p->rewards_wait) /* once per episode, not per retry */
+        if (!p->rewards_wait) /* once per episode: the retries take them back and forth */
             pd_log(PD_LOG_WARNING, PD_MOD_LEARNER,
                    "reward events wait: the journal cannot record their joins (redis "
                    "unavailable or refusing writes); they are read again when it can");
-        p->rewards_wait |= take == WAIT_JOURNAL;
+        p->rewards_wait = true;
         if (kafka_hold(p->kafka, msgs + i, n - i) == PD_OK) return PD_OK;
         snprintf(err, errlen, "no memory to hold %d reward events", n - i);
         return PD_ENOMEM;
@@ -730,19 +729,12 @@ static void run_parked(Pipeline *p) {
     size_t kept = 0;
     for (size_t i = 0; i < p->parked_len; i++) {
         ParkedReward *r = &p->parked[i];
-        RewardEvent ev;
-        char why[512];
-        RewardTake take = TAKEN; /* it was read once, so it reads again */
-        if (msg_decode_reward(&ev, r->payload, r->len, p->max_bytes, why, sizeof why) == MSG_OK) {
-            take = join_reward(p, &ev, true);
-            msg_reward_free(&ev);
-        }
-        if (take != TAKEN) {
+        if (join_reward(p, &r->ev, true) != TAKEN) {
             p->parked[kept++] = *r;
             continue;
         }
-        p->parked_bytes -= r->len;
-        free(r->payload);
+        p->parked_bytes -= r->bytes;
+        msg_reward_free(&r->ev);
     }
     p->parked_len = kept;
 }
